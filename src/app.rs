@@ -1,0 +1,122 @@
+//! Wiring and lifecycle: builds the pool and binds the listeners ([`Application::build`], so
+//! tests can bind port 0), then runs every long-lived task until the shutdown token is
+//! cancelled. Nothing else in the crate spawns long-lived tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::db;
+use crate::http::{self, AppState, server};
+use crate::metrics::Metrics;
+
+/// A built, bound, not yet running service.
+#[derive(Debug)]
+pub struct Application {
+    state: AppState,
+    public: Option<TcpListener>,
+    admin: TcpListener,
+}
+
+impl Application {
+    /// Creates the database if needed and applies migrations (unless `AutoMigrate=false`), then
+    /// binds the listeners.
+    ///
+    /// # Errors
+    /// When the database cannot be prepared or a listener cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings.database)?;
+        if settings.database.auto_migrate {
+            db::ensure_database(&settings.database).await?;
+            db::migrate(&pool).await?;
+            tracing::info!("database migrations are applied");
+        }
+        Self::build_with_pool(settings, pool).await
+    }
+
+    /// Binds the listeners around an existing pool (tests hand in a fresh database's pool).
+    ///
+    /// # Errors
+    /// When a listener cannot be bound.
+    pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let public = if settings.roles.web {
+            let addr = settings.http.listen_address;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind ListenAddress {addr}"))?,
+            )
+        } else {
+            None
+        };
+        let admin_addr = settings.http.admin_listen_address;
+        let admin = TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("cannot bind AdminListenAddress {admin_addr}"))?;
+        Ok(Self {
+            state: AppState {
+                db: pool,
+                settings: Arc::new(settings),
+                metrics: Arc::new(Metrics::new()),
+            },
+            public,
+            admin,
+        })
+    }
+
+    /// The bound public address (`None` when the `web` role is off).
+    #[must_use]
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        self.public.as_ref().and_then(server::local_addr)
+    }
+
+    /// The bound admin address.
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        server::local_addr(&self.admin)
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains within `ShutdownDrainSeconds`.
+    ///
+    /// # Errors
+    /// When a task panicked.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let settings = Arc::clone(&self.state.settings);
+        let options = server::ServeOptions {
+            header_read_timeout: settings.http.header_read_timeout,
+            drain: settings.http.shutdown_drain,
+        };
+        let tasks = TaskTracker::new();
+        if let Some(listener) = self.public {
+            tracing::info!(
+                address = ?server::local_addr(&listener),
+                callback_url = %settings.callback_url,
+                "public listener up"
+            );
+            tasks.spawn(server::serve(
+                listener,
+                http::public_router(self.state.clone()),
+                options,
+                shutdown.clone(),
+            ));
+        }
+        tracing::info!(address = ?server::local_addr(&self.admin), "admin listener up");
+        tasks.spawn(server::serve(
+            self.admin,
+            http::admin_router(self.state.clone()),
+            options,
+            shutdown.clone(),
+        ));
+        tasks.close();
+        tasks.wait().await;
+        self.state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

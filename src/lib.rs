@@ -1,0 +1,15 @@
+//! rooms-sync: keeps Exchange room-mailbox calendars in sync with the ROOMS `reservations` table
+//! by push (EWS push subscriptions and Microsoft Graph change notifications), with every
+//! notification committed to Postgres before it is acknowledged.
+//!
+//! `main.rs` is a thin shell over [`cli`]; [`app::Application`] wires the listeners and
+//! background tasks; [`config`] is the only module that reads the environment or files.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
