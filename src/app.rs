@@ -8,18 +8,22 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db;
 use crate::http::{self, AppState, server};
+use crate::ingest::{IngestOptions, Ingestor};
 use crate::metrics::Metrics;
 
 /// A built, bound, not yet running service.
 #[derive(Debug)]
 pub struct Application {
-    state: AppState,
+    pool: PgPool,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
     public: Option<TcpListener>,
     admin: TcpListener,
 }
@@ -60,11 +64,9 @@ impl Application {
             .await
             .with_context(|| format!("cannot bind AdminListenAddress {admin_addr}"))?;
         Ok(Self {
-            state: AppState {
-                db: pool,
-                settings: Arc::new(settings),
-                metrics: Arc::new(Metrics::new()),
-            },
+            pool,
+            settings: Arc::new(settings),
+            metrics: Arc::new(Metrics::new()),
             public,
             admin,
         })
@@ -82,40 +84,64 @@ impl Application {
         server::local_addr(&self.admin)
     }
 
-    /// Runs until `shutdown` is cancelled, then drains within `ShutdownDrainSeconds`.
+    /// Runs until `shutdown` is cancelled, then drains: the listeners stop accepting and finish
+    /// their requests within `ShutdownDrainSeconds`, and only then does ingest stop, so every
+    /// request that was accepted is committed and answered.
     ///
     /// # Errors
-    /// When a task panicked.
+    /// None yet; the signature leaves room for tasks that can fail.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let settings = Arc::clone(&self.state.settings);
+        let settings = Arc::clone(&self.settings);
         let options = server::ServeOptions {
             header_read_timeout: settings.http.header_read_timeout,
             drain: settings.http.shutdown_drain,
         };
-        let tasks = TaskTracker::new();
+        let ingest_tasks = TaskTracker::new();
+        let ingest_stop = CancellationToken::new();
+        let ingestor = Ingestor::start(
+            self.pool.clone(),
+            IngestOptions {
+                ews_unknown_grace: settings.exchange.ews.unknown_subscription_grace,
+            },
+            Arc::clone(&self.metrics),
+            Arc::new(Notify::new()),
+            &ingest_tasks,
+            ingest_stop.clone(),
+        );
+        ingest_tasks.close();
+        let state = AppState {
+            db: self.pool.clone(),
+            settings: Arc::clone(&settings),
+            metrics: Arc::clone(&self.metrics),
+            ingestor,
+        };
+
+        let listeners = TaskTracker::new();
         if let Some(listener) = self.public {
             tracing::info!(
                 address = ?server::local_addr(&listener),
                 callback_url = %settings.callback_url,
                 "public listener up"
             );
-            tasks.spawn(server::serve(
+            listeners.spawn(server::serve(
                 listener,
-                http::public_router(self.state.clone()),
+                http::public_router(state.clone()),
                 options,
                 shutdown.clone(),
             ));
         }
         tracing::info!(address = ?server::local_addr(&self.admin), "admin listener up");
-        tasks.spawn(server::serve(
+        listeners.spawn(server::serve(
             self.admin,
-            http::admin_router(self.state.clone()),
+            http::admin_router(state),
             options,
             shutdown.clone(),
         ));
-        tasks.close();
-        tasks.wait().await;
-        self.state.db.close().await;
+        listeners.close();
+        listeners.wait().await;
+        ingest_stop.cancel();
+        ingest_tasks.wait().await;
+        self.pool.close().await;
         tracing::info!("stopped");
         Ok(())
     }

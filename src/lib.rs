@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod graph;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod shutdown;
 pub mod soap;

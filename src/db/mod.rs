@@ -1,6 +1,10 @@
 //! Postgres: the pool, database creation, migrations and readiness. Every SQL statement of the
 //! service lives in this module, grouped by table in its submodules.
 
+pub mod events;
+pub mod mailboxes;
+pub mod subscriptions;
+
 use std::time::Duration;
 
 use secrecy::ExposeSecret;

@@ -4,6 +4,7 @@
 mod error;
 mod health;
 pub mod server;
+mod source;
 mod webhook;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tower_http::trace::TraceLayer;
 pub use error::ApiError;
 
 use crate::config::Settings;
+use crate::ingest::Ingestor;
 use crate::metrics::{HttpLabels, Metrics};
 
 /// The webhook path Exchange and Graph post to (CONTRACT §4).
@@ -34,12 +36,13 @@ pub struct AppState {
     pub db: PgPool,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    pub ingestor: Ingestor,
 }
 
 /// The public listener: the webhook and the health probes.
 pub fn public_router(state: AppState) -> Router {
     let router = Router::new()
-        .merge(webhook::router(&state.settings))
+        .merge(webhook::router(&state))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(any(not_found))

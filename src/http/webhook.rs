@@ -1,18 +1,121 @@
-//! `POST /api/webhooks/exchange`: EWS push and Graph change notifications.
+//! `POST /api/webhooks/exchange`: EWS push (SOAP) and Graph change notifications (JSON).
+//!
+//! Order of work, cheapest refusal first: source address (before the body is read), Graph's
+//! validation handshake (no body, no database), content type, body size, parse, then store and
+//! commit through the [`crate::ingest::Ingestor`], and only then the acknowledgement.
+
+use std::error::Error as _;
 
 use axum::Router;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use tower_http::limit::RequestBodyLimitLayer;
 
-use super::{AppState, WEBHOOK_PATH};
-use crate::config::Settings;
+use super::{ApiError, AppState, WEBHOOK_PATH, source};
+use crate::graph::notification::{parse_notification_collection, validation_token};
+use crate::ingest::{Ack, Delivery};
+use crate::soap::{parse_send_notification, send_notification_result};
 
-pub(super) fn router(_settings: &Settings) -> Router<AppState> {
+pub(super) fn router(state: &AppState) -> Router<AppState> {
+    let limit = state.settings.http.webhook_max_body_bytes;
     // Only POST is routed: axum answers every other method with 405 and `Allow: POST`.
-    Router::new().route(WEBHOOK_PATH, post(receive))
+    // The source check wraps everything else, so a refused caller's body is never read.
+    Router::new()
+        .route(WEBHOOK_PATH, post(receive))
+        .route_layer(RequestBodyLimitLayer::new(limit))
+        .route_layer(DefaultBodyLimit::disable())
+        .route_layer(middleware::from_fn_with_state(state.clone(), source::guard))
 }
 
-async fn receive() -> impl IntoResponse {
-    (StatusCode::NOT_IMPLEMENTED, "not implemented yet")
+/// Which protocol a POST speaks, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Ews,
+    Graph,
+}
+
+fn protocol(headers: &HeaderMap) -> Result<Protocol, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type is required: text/xml (EWS) or application/json (Graph)".to_owned(),
+        ));
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "text/xml" | "application/soap+xml" | "application/xml" => Ok(Protocol::Ews),
+        "application/json" => Ok(Protocol::Graph),
+        _ => Err(ApiError::UnsupportedMediaType(
+            "unsupported Content-Type: expected text/xml (EWS) or application/json (Graph)"
+                .to_owned(),
+        )),
+    }
+}
+
+async fn receive(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    // Graph's handshake: echo the token, touching neither the body nor the database, so it
+    // answers even while Postgres is down or every pooled connection is busy.
+    if let Some(token) = validation_token(request.uri().query().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?
+    {
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            token,
+        )
+            .into_response());
+    }
+    let protocol = protocol(request.headers())?;
+    let limit = state.settings.http.webhook_max_body_bytes;
+    let body = read_body(request.into_body(), limit).await?;
+    let delivery = match protocol {
+        Protocol::Ews => Delivery::ews(
+            parse_send_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            &body,
+        ),
+        Protocol::Graph => Delivery::graph(
+            parse_notification_collection(&body)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            &body,
+        ),
+    };
+    let ack = state
+        .ingestor
+        .submit(delivery)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.into()))?;
+    Ok(match ack {
+        Ack::Ews(status) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+            send_notification_result(status),
+        )
+            .into_response(),
+        Ack::Graph => StatusCode::ACCEPTED.into_response(),
+    })
+}
+
+/// Reads the whole body, refusing with 413 as soon as it passes `limit` (nothing past the limit
+/// is buffered).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let mut source = error.source();
+        while let Some(cause) = source {
+            if cause.is::<http_body_util::LengthLimitError>() {
+                return ApiError::PayloadTooLarge { limit };
+            }
+            source = cause.source();
+        }
+        ApiError::BadRequest("request body could not be read".to_owned())
+    })
 }

@@ -1,11 +1,6 @@
 //! The test harness: spawns the application the way `serve` does, minus signals and migrations
 //! (`#[sqlx::test]` hands in an already migrated fresh database).
 
-#![expect(
-    clippy::expect_used,
-    reason = "test harness: a failed setup step should fail the test with its message"
-)]
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,377 @@
+//! What to store for a delivery and what to answer, given the subscriptions it names.
+//!
+//! Lookup is one or two short queries inside the ingest transaction; planning is pure, so the
+//! rules (clientState, Unsubscribe, gaps, grace window) are tested without a database.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use super::IngestOptions;
+use crate::db::events::NewEvent;
+use crate::db::subscriptions::{EwsUpdate, SubscriptionRow};
+use crate::graph::notification::{GraphKind, GraphNotification, client_state_matches};
+use crate::soap::{
+    Event, EventKind, NotificationMessage, ObjectRef, SendNotification, SubscriptionStatus,
+};
+
+/// One webhook POST, parsed.
+#[derive(Debug)]
+pub enum Delivery {
+    Ews {
+        parsed: SendNotification,
+        body_sha256: [u8; 32],
+    },
+    Graph {
+        items: Vec<GraphNotification>,
+        body_sha256: [u8; 32],
+    },
+}
+
+impl Delivery {
+    #[must_use]
+    pub fn ews(parsed: SendNotification, body: &[u8]) -> Self {
+        Self::Ews {
+            parsed,
+            body_sha256: Sha256::digest(body).into(),
+        }
+    }
+
+    #[must_use]
+    pub fn graph(items: Vec<GraphNotification>, body: &[u8]) -> Self {
+        Self::Graph {
+            items,
+            body_sha256: Sha256::digest(body).into(),
+        }
+    }
+
+    pub(super) fn event_count(&self) -> usize {
+        match self {
+            Self::Ews { parsed, .. } => parsed
+                .messages
+                .iter()
+                .map(|m| match m {
+                    NotificationMessage::Notification(n) => n.events.len(),
+                    NotificationMessage::Error(_) => 1,
+                })
+                .sum(),
+            Self::Graph { items, .. } => items.len(),
+        }
+    }
+}
+
+/// The acknowledgement owed to the sender once the delivery is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    Ews(SubscriptionStatus),
+    Graph,
+}
+
+/// The subscriptions a batch names, as stored.
+#[derive(Debug, Default)]
+pub(super) struct Lookup {
+    by_remote_id: HashMap<String, SubscriptionRow>,
+    /// A Subscribe call was made within the grace window: unknown EWS ids are answered OK.
+    ews_grace_open: bool,
+}
+
+pub(super) async fn lookup(
+    tx: &mut Transaction<'_, Postgres>,
+    deliveries: &[&Delivery],
+    options: IngestOptions,
+) -> Result<Lookup, sqlx::Error> {
+    let mut ews_ids: Vec<&str> = Vec::new();
+    let mut graph_ids: Vec<&str> = Vec::new();
+    for delivery in deliveries {
+        match delivery {
+            Delivery::Ews { parsed, .. } => ews_ids.extend(parsed.subscription_ids()),
+            Delivery::Graph { items, .. } => {
+                graph_ids.extend(items.iter().map(|i| i.subscription_id.as_str()));
+            }
+        }
+    }
+    ews_ids.sort_unstable();
+    ews_ids.dedup();
+    graph_ids.sort_unstable();
+    graph_ids.dedup();
+    let conn: &mut PgConnection = tx;
+    let mut by_remote_id = HashMap::new();
+    // EWS rows are locked: their watermark chain is read here and advanced in this transaction.
+    for row in crate::db::subscriptions::lock_for_ingest(&mut *conn, "ews", &ews_ids).await? {
+        by_remote_id.insert(row.remote_id.clone(), row);
+    }
+    for row in crate::db::subscriptions::find_for_ingest(&mut *conn, "graph", &graph_ids).await? {
+        by_remote_id.insert(row.remote_id.clone(), row);
+    }
+    let unknown_ews = ews_ids.iter().any(|id| !by_remote_id.contains_key(*id));
+    let ews_grace_open = unknown_ews
+        && crate::db::subscriptions::ews_subscribed_within(&mut *conn, options.ews_unknown_grace)
+            .await?;
+    Ok(Lookup {
+        by_remote_id,
+        ews_grace_open,
+    })
+}
+
+/// Rows and updates for one transaction, and the answers in delivery order.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    pub(super) events: Vec<NewEvent>,
+    pub(super) ews_updates: Vec<EwsUpdate>,
+    pub(super) graph_touched: Vec<i64>,
+    pub(super) acks: Vec<Ack>,
+}
+
+/// Why a stored event is not to be acted on.
+mod reason {
+    pub(super) const CLIENT_STATE_MISMATCH: &str = "client_state_mismatch";
+    pub(super) const INACTIVE_SUBSCRIPTION: &str = "inactive_subscription";
+    pub(super) const UNKNOWN_SUBSCRIPTION: &str = "unknown_subscription";
+    pub(super) const UNKNOWN_CHANGE_TYPE: &str = "unknown_change_type";
+    pub(super) const KEEP_ALIVE: &str = "keep_alive";
+}
+
+pub(super) fn plan(deliveries: &[&Delivery], lookup: &Lookup) -> Plan {
+    let mut plan = Plan::default();
+    let mut ews: HashMap<i64, EwsUpdate> = HashMap::new();
+    // The watermark chain as it advances through this batch, seeded from the locked rows.
+    let mut chain: HashMap<i64, Option<String>> = HashMap::new();
+    for delivery in deliveries {
+        let ack = match delivery {
+            Delivery::Ews {
+                parsed,
+                body_sha256,
+            } => Ack::Ews(plan_ews(
+                parsed,
+                body_sha256,
+                lookup,
+                &mut plan,
+                &mut ews,
+                &mut chain,
+            )),
+            Delivery::Graph { items, body_sha256 } => {
+                plan_graph(items, body_sha256, lookup, &mut plan);
+                Ack::Graph
+            }
+        };
+        plan.acks.push(ack);
+    }
+    plan.ews_updates = ews.into_values().collect();
+    plan.ews_updates.sort_by_key(|u| u.subscription_id);
+    plan.graph_touched.sort_unstable();
+    plan.graph_touched.dedup();
+    plan
+}
+
+fn plan_ews(
+    parsed: &SendNotification,
+    body_sha256: &[u8; 32],
+    lookup: &Lookup,
+    plan: &mut Plan,
+    updates: &mut HashMap<i64, EwsUpdate>,
+    chain: &mut HashMap<i64, Option<String>>,
+) -> SubscriptionStatus {
+    let mut any_wanted = false;
+    let mut any_named = false;
+    for message in &parsed.messages {
+        match message {
+            NotificationMessage::Notification(n) => {
+                any_named = true;
+                let sub = lookup
+                    .by_remote_id
+                    .get(&n.subscription_id)
+                    .filter(|s| s.backend == "ews");
+                let (wanted, reject) = match sub {
+                    Some(s) if s.is_wanted() => (true, None),
+                    Some(_) => (false, Some(reason::INACTIVE_SUBSCRIPTION)),
+                    None if lookup.ews_grace_open => (true, None),
+                    None => (false, Some(reason::UNKNOWN_SUBSCRIPTION)),
+                };
+                any_wanted |= wanted;
+                for event in &n.events {
+                    let (status, reject) = match (reject, event.kind) {
+                        (Some(r), _) => ("ignored", Some(r)),
+                        (None, EventKind::Status) => ("ignored", Some(reason::KEEP_ALIVE)),
+                        (None, _) => ("pending", None),
+                    };
+                    let payload = ews_payload(n, event);
+                    plan.events.push(NewEvent {
+                        backend: "ews",
+                        remote_subscription_id: Some(n.subscription_id.clone()),
+                        subscription_id: sub.map(|s| s.id),
+                        mailbox_id: sub.map(|s| s.mailbox_id),
+                        kind: event.kind.as_str().to_owned(),
+                        item_id: event.item_id().map(str::to_owned),
+                        status,
+                        reject_reason: reject,
+                        dedupe_key: match &event.watermark {
+                            Some(w) => digest_hex(&["ews-watermark", w]),
+                            None => digest_hex(&["ews-event", &payload]),
+                        },
+                        payload,
+                        body_sha256: body_sha256.to_vec(),
+                    });
+                }
+                if let Some(sub) = sub {
+                    let last = n.events.iter().rev().find_map(|e| e.watermark.clone());
+                    let current = chain
+                        .entry(sub.id)
+                        .or_insert_with(|| sub.last_watermark.clone());
+                    // A gap: Exchange's previous watermark is not where our chain stands, and this
+                    // is not simply a redelivery of the notification we already hold.
+                    let gap = match (&n.previous_watermark, current.as_ref()) {
+                        (Some(previous), Some(stored)) => {
+                            stored != previous && Some(stored) != last.as_ref()
+                        }
+                        _ => false,
+                    };
+                    if last.is_some() {
+                        current.clone_from(&last);
+                    }
+                    let update = updates.entry(sub.id).or_insert_with(|| EwsUpdate {
+                        subscription_id: sub.id,
+                        last_watermark: None,
+                        gap: false,
+                        lost_reason: None,
+                    });
+                    if last.is_some() {
+                        update.last_watermark = last;
+                    }
+                    update.gap |= gap;
+                }
+            }
+            NotificationMessage::Error(error) => {
+                // Exchange has already dropped this subscription: record it for the worker.
+                let sub = error
+                    .subscription_id
+                    .as_deref()
+                    .and_then(|id| lookup.by_remote_id.get(id))
+                    .filter(|s| s.backend == "ews");
+                match sub {
+                    Some(sub) => {
+                        updates
+                            .entry(sub.id)
+                            .or_insert_with(|| EwsUpdate {
+                                subscription_id: sub.id,
+                                last_watermark: None,
+                                gap: false,
+                                lost_reason: None,
+                            })
+                            .lost_reason = Some(error.response_code.clone());
+                    }
+                    None => tracing::warn!(
+                        response_code = %error.response_code,
+                        subscription.remote_id = error.subscription_id.as_deref().unwrap_or(""),
+                        "EWS reported an error for a subscription we do not know"
+                    ),
+                }
+            }
+        }
+    }
+    // Only a delivery that names subscriptions, none of which we want, ends the subscription.
+    if any_named && !any_wanted {
+        SubscriptionStatus::Unsubscribe
+    } else {
+        SubscriptionStatus::Ok
+    }
+}
+
+fn plan_graph(
+    items: &[GraphNotification],
+    body_sha256: &[u8; 32],
+    lookup: &Lookup,
+    plan: &mut Plan,
+) {
+    for item in items {
+        let sub = lookup
+            .by_remote_id
+            .get(&item.subscription_id)
+            .filter(|s| s.backend == "graph");
+        // Unknown subscriptions stay pending and unmatched: the worker matches them (and checks
+        // their clientState) once the create response has been stored.
+        let (status, reject) = match sub {
+            Some(s) if !s.is_wanted() => ("ignored", Some(reason::INACTIVE_SUBSCRIPTION)),
+            Some(s)
+                if !client_state_matches(
+                    item.client_state.as_deref(),
+                    s.client_state.as_deref().unwrap_or(""),
+                ) =>
+            {
+                ("ignored", Some(reason::CLIENT_STATE_MISMATCH))
+            }
+            _ if matches!(item.kind, GraphKind::Unknown(_)) => {
+                ("ignored", Some(reason::UNKNOWN_CHANGE_TYPE))
+            }
+            _ => ("pending", None),
+        };
+        if let Some(s) = sub
+            && status == "pending"
+        {
+            plan.graph_touched.push(s.id);
+        }
+        plan.events.push(NewEvent {
+            backend: "graph",
+            remote_subscription_id: Some(item.subscription_id.clone()),
+            subscription_id: sub.map(|s| s.id),
+            mailbox_id: sub.map(|s| s.mailbox_id),
+            kind: item.kind.as_str().to_owned(),
+            item_id: if item.kind.is_change() {
+                item.resource_id.clone()
+            } else {
+                None
+            },
+            status,
+            reject_reason: reject,
+            dedupe_key: digest_hex(&["graph", &item.dedupe_key()]),
+            payload: item.raw.get().to_owned(),
+            body_sha256: body_sha256.to_vec(),
+        });
+    }
+}
+
+/// The stored form of one EWS event, with its notification's context.
+fn ews_payload(n: &crate::soap::Notification, event: &Event) -> String {
+    let object = |o: &Option<ObjectRef>| {
+        o.as_ref().map(|o| {
+            let (kind, r) = match o {
+                ObjectRef::Item(r) => ("item", r),
+                ObjectRef::Folder(r) => ("folder", r),
+            };
+            json!({ "type": kind, "id": r.id, "changeKey": r.change_key })
+        })
+    };
+    let folder = |r: &Option<crate::soap::ItemRef>| {
+        r.as_ref()
+            .map(|r| json!({ "id": r.id, "changeKey": r.change_key }))
+    };
+    json!({
+        "subscriptionId": n.subscription_id,
+        "previousWatermark": n.previous_watermark,
+        "moreEvents": n.more_events,
+        "kind": event.kind.as_str(),
+        "watermark": event.watermark,
+        "timeStamp": event.timestamp,
+        "target": object(&event.target),
+        "parentFolderId": folder(&event.parent_folder_id),
+        "oldTarget": object(&event.old_target),
+        "oldParentFolderId": folder(&event.old_parent_folder_id),
+        "unreadCount": event.unread_count,
+    })
+    .to_string()
+}
+
+/// Hex SHA-256 over length-prefixed parts: fixed-size keys whatever the input length (a btree
+/// index refuses keys over ~2.7 kB), and no ambiguity between parts.
+fn digest_hex(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests;

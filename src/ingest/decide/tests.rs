@@ -1,0 +1,255 @@
+use super::*;
+use crate::graph::notification::parse_notification_collection;
+use crate::soap::parse_send_notification;
+
+const EWS_CREATED: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/ews/send-notification-created.xml"
+));
+const EWS_ERROR: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/ews/send-notification-error-readeventsfailed.xml"
+));
+const GRAPH_CREATED: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/graph/change-created.json"
+));
+
+const EWS_SUB: &str = "KABzcnYtbWJ4MDEucm9vbXMuZXhhbXBsZRAAAAB+c3ViLXJvb20tYS0wMDE=";
+const EWS_PREVIOUS: &str = "AQAAAHJvb20tYS13bS0wMDAy";
+const EWS_LAST: &str = "AQAAAHJvb20tYS13bS0wMDA0";
+const GRAPH_SUB: &str = "0d8f2b6a-7c31-4e59-9a42-3f1b6c8d9e01";
+const GRAPH_STATE: &str = "aurora-cs-4f7Qm2xLr9";
+
+fn ews() -> Delivery {
+    Delivery::ews(parse_send_notification(EWS_CREATED).unwrap(), EWS_CREATED)
+}
+
+fn graph() -> Delivery {
+    Delivery::graph(
+        parse_notification_collection(GRAPH_CREATED).unwrap(),
+        GRAPH_CREATED,
+    )
+}
+
+fn sub(
+    id: i64,
+    remote_id: &str,
+    backend: &str,
+    status: &str,
+    client_state: Option<&str>,
+    last_watermark: Option<&str>,
+) -> SubscriptionRow {
+    SubscriptionRow {
+        id,
+        remote_id: remote_id.to_owned(),
+        backend: backend.to_owned(),
+        mailbox_id: id * 10,
+        status: status.to_owned(),
+        client_state: client_state.map(str::to_owned),
+        last_watermark: last_watermark.map(str::to_owned),
+    }
+}
+
+fn lookup(rows: Vec<SubscriptionRow>, ews_grace_open: bool) -> Lookup {
+    Lookup {
+        by_remote_id: rows.into_iter().map(|r| (r.remote_id.clone(), r)).collect(),
+        ews_grace_open,
+    }
+}
+
+fn active_ews(last_watermark: Option<&str>) -> Lookup {
+    lookup(
+        vec![sub(1, EWS_SUB, "ews", "active", None, last_watermark)],
+        false,
+    )
+}
+
+#[test]
+fn ews_events_of_an_active_subscription_are_pending_and_advance_the_watermark() {
+    let plan = plan(&[&ews()], &active_ews(Some(EWS_PREVIOUS)));
+    assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Ok)]);
+    let kinds: Vec<(&str, &str, Option<i64>)> = plan
+        .events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.status, e.mailbox_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("created", "pending", Some(10)),
+            ("modified", "pending", Some(10))
+        ]
+    );
+    assert_eq!(
+        plan.events[0].item_id.as_deref(),
+        Some("AAMkAGZpeHR1cmUtcm9vbS1hAEYAAAAAbWVldGluZy0xMDAx+/AAA=")
+    );
+    assert_eq!(plan.events[1].item_id, None, "a folder event names no item");
+    assert_ne!(plan.events[0].dedupe_key, plan.events[1].dedupe_key);
+    assert_eq!(
+        plan.ews_updates,
+        vec![EwsUpdate {
+            subscription_id: 1,
+            last_watermark: Some(EWS_LAST.to_owned()),
+            gap: false,
+            lost_reason: None,
+        }]
+    );
+    let payload: serde_json::Value = serde_json::from_str(&plan.events[0].payload).unwrap();
+    assert_eq!(payload["previousWatermark"], EWS_PREVIOUS);
+    assert_eq!(payload["target"]["type"], "item");
+}
+
+#[test]
+fn a_previous_watermark_that_breaks_the_chain_records_a_gap() {
+    let plan = plan(&[&ews()], &active_ews(Some("AQAAAHNvbWV0aGluZy1lbHNl")));
+    assert!(plan.ews_updates[0].gap);
+    assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Ok)]);
+}
+
+#[test]
+fn a_redelivery_of_the_last_notification_is_not_a_gap() {
+    let plan = plan(&[&ews()], &active_ews(Some(EWS_LAST)));
+    assert!(!plan.ews_updates[0].gap);
+}
+
+#[test]
+fn the_first_notification_after_subscribe_without_a_stored_watermark_is_not_a_gap() {
+    let plan = plan(&[&ews()], &active_ews(None));
+    assert!(!plan.ews_updates[0].gap);
+}
+
+#[test]
+fn the_same_notification_twice_in_one_batch_keeps_the_chain_without_a_gap() {
+    let first = ews();
+    let again = ews();
+    let plan = plan(&[&first, &again], &active_ews(Some(EWS_PREVIOUS)));
+    assert_eq!(plan.ews_updates.len(), 1);
+    assert!(!plan.ews_updates[0].gap);
+    // Both are stored; the database's dedupe key keeps one of each.
+    assert_eq!(plan.events.len(), 4);
+    assert_eq!(plan.events[0].dedupe_key, plan.events[2].dedupe_key);
+}
+
+#[test]
+fn a_superseded_subscription_is_told_to_unsubscribe_and_its_events_are_not_acted_on() {
+    let lookup = lookup(vec![sub(1, EWS_SUB, "ews", "superseded", None, None)], true);
+    let plan = plan(&[&ews()], &lookup);
+    assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Unsubscribe)]);
+    assert!(
+        plan.events
+            .iter()
+            .all(|e| e.status == "ignored" && e.reject_reason == Some("inactive_subscription"))
+    );
+}
+
+#[test]
+fn an_unknown_subscription_is_welcome_within_the_grace_window_and_refused_after() {
+    let within = plan(&[&ews()], &lookup(vec![], true));
+    assert_eq!(within.acks, vec![Ack::Ews(SubscriptionStatus::Ok)]);
+    assert!(
+        within
+            .events
+            .iter()
+            .all(|e| e.status == "pending" && e.subscription_id.is_none())
+    );
+    assert!(within.ews_updates.is_empty());
+
+    let after = plan(&[&ews()], &lookup(vec![], false));
+    assert_eq!(after.acks, vec![Ack::Ews(SubscriptionStatus::Unsubscribe)]);
+    assert!(
+        after
+            .events
+            .iter()
+            .all(|e| e.reject_reason == Some("unknown_subscription"))
+    );
+}
+
+#[test]
+fn an_error_class_message_marks_the_subscription_lost_and_is_still_acknowledged() {
+    let parsed = parse_send_notification(EWS_ERROR).unwrap();
+    let lost_id = parsed.subscription_ids().next().unwrap().to_owned();
+    let delivery = Delivery::ews(parsed, EWS_ERROR);
+    let plan = plan(
+        &[&delivery],
+        &lookup(vec![sub(7, &lost_id, "ews", "active", None, None)], false),
+    );
+    assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Ok)]);
+    assert_eq!(plan.ews_updates.len(), 1);
+    assert_eq!(
+        plan.ews_updates[0].lost_reason.as_deref(),
+        Some("ErrorReadEventsFailed")
+    );
+    assert!(plan.events.is_empty());
+}
+
+#[test]
+fn graph_items_with_the_right_client_state_are_pending() {
+    let lookup = lookup(
+        vec![sub(
+            2,
+            GRAPH_SUB,
+            "graph",
+            "active",
+            Some(GRAPH_STATE),
+            None,
+        )],
+        false,
+    );
+    let plan = plan(&[&graph()], &lookup);
+    assert_eq!(plan.acks, vec![Ack::Graph]);
+    assert_eq!(plan.events.len(), 1);
+    let e = &plan.events[0];
+    assert_eq!(
+        (e.kind.as_str(), e.status, e.reject_reason),
+        ("created", "pending", None)
+    );
+    assert_eq!(e.item_id.as_deref(), Some("AAMkAGF1cm9yYS1ldnQtMDAxAA=="));
+    assert_eq!(plan.graph_touched, vec![2]);
+}
+
+#[test]
+fn a_client_state_mismatch_is_kept_for_forensics_but_never_acted_on() {
+    let lookup = lookup(
+        vec![sub(
+            2,
+            GRAPH_SUB,
+            "graph",
+            "active",
+            Some("another-secret"),
+            None,
+        )],
+        false,
+    );
+    let plan = plan(&[&graph()], &lookup);
+    assert_eq!(plan.acks, vec![Ack::Graph]);
+    assert_eq!(plan.events[0].status, "ignored");
+    assert_eq!(plan.events[0].reject_reason, Some("client_state_mismatch"));
+    assert!(plan.graph_touched.is_empty());
+}
+
+#[test]
+fn a_graph_item_for_an_unknown_subscription_waits_unmatched() {
+    let plan = plan(&[&graph()], &lookup(vec![], false));
+    assert_eq!(plan.events[0].status, "pending");
+    assert_eq!(plan.events[0].subscription_id, None);
+}
+
+#[test]
+fn a_subscription_id_of_the_other_backend_does_not_match() {
+    // An EWS id that happens to equal a Graph id must not lend its secret or status.
+    let lookup = lookup(
+        vec![sub(2, GRAPH_SUB, "ews", "active", Some(GRAPH_STATE), None)],
+        false,
+    );
+    let plan = plan(&[&graph()], &lookup);
+    assert_eq!(plan.events[0].subscription_id, None);
+}
+
+#[test]
+fn dedupe_keys_are_fixed_size_and_separate_their_parts() {
+    let long = "x".repeat(10_000);
+    assert_eq!(digest_hex(&["graph", &long]).len(), 64);
+    assert_ne!(digest_hex(&["ab", "c"]), digest_hex(&["a", "bc"]));
+}

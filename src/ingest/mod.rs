@@ -1,0 +1,206 @@
+//! Ingest: turns a parsed webhook delivery into stored events and an acknowledgement, committing
+//! before anyone is answered.
+//!
+//! Concurrent deliveries share transactions (group commit): webhook handlers hand their parsed
+//! delivery to [`Ingestor::submit`], a few flusher tasks each take everything queued at that
+//! moment, store it in one transaction and answer every waiting handler after the commit. No
+//! timer is involved: a batch is whatever arrived while the previous commit was in flight, so an
+//! idle service commits a lone request at once and a loaded one amortises each commit over many.
+
+mod decide;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use decide::{Ack, Delivery};
+
+use crate::db;
+use crate::metrics::{EventLabels, Metrics};
+
+/// How many deliveries may wait for a flusher before handlers get 503 straight away (memory
+/// bound: each holds one parsed body).
+const QUEUE_CAPACITY: usize = 4096;
+/// Upper bound of events in one transaction: keeps a single commit well under a few ms.
+const MAX_BATCH_EVENTS: usize = 2000;
+/// Transactions in flight at once: overlaps one batch's commit with the next one's statements.
+const FLUSHERS: usize = 3;
+
+/// Why a delivery was not stored; every case is answered 503 so the sender retries.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the ingest queue is full")]
+    Overloaded,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("storing the delivery failed: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Settings of the ingest path that come from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestOptions {
+    /// After a Subscribe call, notifications for a SubscriptionId not stored yet are still
+    /// answered OK for this long (the first notification can beat the Subscribe response).
+    pub ews_unknown_grace: Duration,
+}
+
+struct Job {
+    delivery: Delivery,
+    reply: oneshot::Sender<Result<Ack, IngestError>>,
+}
+
+/// The handle webhook handlers submit deliveries to. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    queue: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Ingestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingestor")
+            .field("queued", &(QUEUE_CAPACITY - self.queue.capacity()))
+            .finish()
+    }
+}
+
+impl Ingestor {
+    /// Starts the flusher tasks on `tasks`; they stop once `shutdown` is cancelled and the queue
+    /// is drained, so every accepted delivery is answered.
+    pub fn start(
+        pool: PgPool,
+        options: IngestOptions,
+        metrics: Arc<Metrics>,
+        wake_worker: Arc<Notify>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..FLUSHERS {
+            let flusher = Flusher {
+                pool: pool.clone(),
+                options,
+                metrics: Arc::clone(&metrics),
+                wake_worker: Arc::clone(&wake_worker),
+            };
+            tasks.spawn(flusher.run(Arc::clone(&receiver), shutdown.clone()));
+        }
+        Self { queue }
+    }
+
+    /// Stores `delivery` and returns the acknowledgement to send, only after the commit.
+    ///
+    /// # Errors
+    /// When the delivery could not be committed: the caller must answer 503.
+    pub async fn submit(&self, delivery: Delivery) -> Result<Ack, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job { delivery, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
+            })?;
+        answer.await.unwrap_or(Err(IngestError::ShuttingDown))
+    }
+}
+
+struct Flusher {
+    pool: PgPool,
+    options: IngestOptions,
+    metrics: Arc<Metrics>,
+    wake_worker: Arc<Notify>,
+}
+
+impl Flusher {
+    async fn run(self, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, shutdown: CancellationToken) {
+        loop {
+            let batch = {
+                let mut receiver = receiver.lock().await;
+                let first = tokio::select! {
+                    biased;
+                    job = receiver.recv() => job,
+                    () = shutdown.cancelled() => {
+                        // Answer what is already queued, then stop taking more.
+                        receiver.close();
+                        receiver.recv().await
+                    }
+                };
+                let Some(first) = first else { return };
+                let mut events = first.delivery.event_count();
+                let mut batch = vec![first];
+                while events < MAX_BATCH_EVENTS {
+                    match receiver.try_recv() {
+                        Ok(job) => {
+                            events += job.delivery.event_count();
+                            batch.push(job);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                batch
+            };
+            self.flush(batch).await;
+        }
+    }
+
+    /// Commits a batch and answers its handlers. A failed batch is retried one delivery per
+    /// transaction, so that one delivery the database refuses cannot fail its neighbours.
+    async fn flush(&self, batch: Vec<Job>) {
+        let deliveries: Vec<&Delivery> = batch.iter().map(|j| &j.delivery).collect();
+        match self.store(&deliveries).await {
+            Ok(acks) => self.answer(batch, acks),
+            Err(error) if batch.len() > 1 => {
+                tracing::warn!(%error, size = batch.len(), "batch not stored; retrying its deliveries one by one");
+                for job in batch {
+                    let result = self.store(&[&job.delivery]).await;
+                    match result {
+                        Ok(acks) => self.answer(vec![job], acks),
+                        Err(error) => Self::refuse(job, error),
+                    }
+                }
+            }
+            Err(error) => {
+                if let Some(job) = batch.into_iter().next() {
+                    Self::refuse(job, error);
+                }
+            }
+        }
+    }
+
+    fn refuse(job: Job, error: sqlx::Error) {
+        tracing::warn!(%error, "delivery not stored; the sender will retry");
+        let _ = job.reply.send(Err(IngestError::Database(error)));
+    }
+
+    fn answer(&self, batch: Vec<Job>, acks: Vec<Ack>) {
+        // Wake the worker in-process: a NOTIFY inside the commit would serialise all commits.
+        self.wake_worker.notify_one();
+        for (job, ack) in batch.into_iter().zip(acks) {
+            // The handler may have given up (client gone): the data is committed either way.
+            let _ = job.reply.send(Ok(ack));
+        }
+    }
+
+    /// One transaction for all `deliveries`; returns their acknowledgements in order.
+    async fn store(&self, deliveries: &[&Delivery]) -> Result<Vec<Ack>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let lookup = decide::lookup(&mut tx, deliveries, self.options).await?;
+        let plan = decide::plan(deliveries, &lookup);
+        let stored = db::events::insert(&mut tx, &plan.events).await?;
+        db::subscriptions::record_ews_notifications(&mut tx, &plan.ews_updates).await?;
+        db::subscriptions::touch_graph(&mut tx, &plan.graph_touched).await?;
+        tx.commit().await?;
+        for (backend, kind) in stored {
+            self.metrics
+                .events_received
+                .get_or_create(&EventLabels { backend, kind })
+                .inc();
+        }
+        Ok(plan.acks)
+    }
+}

@@ -1,0 +1,713 @@
+use std::time::{Duration, Instant};
+
+use rooms_sync::app::Application;
+use rooms_sync::db;
+use rooms_sync::db::subscriptions::NewSubscription;
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, free_port, test_settings};
+
+const PATH: &str = "/api/webhooks/exchange";
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+const EWS_SUB: &str = "KABzcnYtbWJ4MDEucm9vbXMuZXhhbXBsZRAAAAB+c3ViLXJvb20tYS0wMDE=";
+const GRAPH_SUB: &str = "0d8f2b6a-7c31-4e59-9a42-3f1b6c8d9e01";
+const GRAPH_STATE: &str = "aurora-cs-4f7Qm2xLr9";
+
+async fn seed_subscription(
+    pool: &PgPool,
+    address: &str,
+    backend: &str,
+    remote_id: &str,
+    status: &str,
+    client_state: Option<&str>,
+    last_watermark: Option<&str>,
+) -> i64 {
+    let mailbox = db::mailboxes::upsert(pool, address, backend).await.unwrap();
+    db::subscriptions::insert(
+        pool,
+        &NewSubscription {
+            mailbox_id: mailbox,
+            backend,
+            remote_id: Some(remote_id),
+            status,
+            client_state,
+            callback_url: "https://h.example/api/webhooks/exchange",
+            expires_at: None,
+            last_watermark,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn event_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from notification_events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn post(app: &TestApp, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    app.client
+        .post(app.url(PATH))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn an_ews_notification_is_committed_then_answered_ok_in_soap(pool: PgPool) {
+    let sub = seed_subscription(
+        &pool,
+        "room-a@example.com",
+        "ews",
+        EWS_SUB,
+        "active",
+        None,
+        Some("AQAAAHJvb20tYS13bS0wMDAy"),
+    )
+    .await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let response = post(
+        &app,
+        "text/xml; charset=utf-8",
+        fixture("ews/send-notification-created.xml"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/xml; charset=utf-8"
+    );
+    let body = response.text().await.unwrap();
+    assert!(body.contains(">OK</m:SubscriptionStatus>"), "{body}");
+
+    type Row = (String, String, Option<String>, String, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select backend, kind, item_id, status, subscription_id from notification_events order by id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].0, "ews");
+    assert_eq!(rows[0].1, "created");
+    assert_eq!(
+        rows[0].2.as_deref(),
+        Some("AAMkAGZpeHR1cmUtcm9vbS1hAEYAAAAAbWVldGluZy0xMDAx+/AAA=")
+    );
+    assert_eq!(rows[0].3, "pending");
+    assert_eq!(rows[0].4, Some(sub));
+    assert_eq!(rows[1].1, "modified");
+
+    let (watermark, seen, gap): (Option<String>, Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as(
+            "select last_watermark, last_notification_at, gap_detected_at from subscriptions where id = $1",
+        )
+        .bind(sub)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(watermark.as_deref(), Some("AQAAAHJvb20tYS13bS0wMDA0"));
+    assert!(seen.is_some());
+    assert!(gap.is_none());
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn every_ews_event_kind_is_stored_with_its_contract_kind(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        &[("EwsUnknownSubscriptionGraceSeconds", "600")],
+    )
+    .await;
+    // Within the grace window after a Subscribe call, an unknown id is stored and answered OK.
+    seed_subscription(
+        &pool,
+        "other@example.com",
+        "ews",
+        "some-other-sub",
+        "active",
+        None,
+        None,
+    )
+    .await;
+    let response = post(
+        &app,
+        "text/xml",
+        fixture("ews/send-notification-mixed-moreevents.xml"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains(">OK<"));
+    let kinds: Vec<String> =
+        sqlx::query_scalar("select kind from notification_events order by kind")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kinds,
+        vec![
+            "copied",
+            "created",
+            "deleted",
+            "free_busy_changed",
+            "modified",
+            "moved",
+            "new_mail",
+            "status"
+        ]
+    );
+    let status_state: String =
+        sqlx::query_scalar("select status from notification_events where kind = 'status'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status_state, "ignored");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_redelivered_notification_is_stored_once_and_answered_the_same(pool: PgPool) {
+    seed_subscription(
+        &pool,
+        "room-a@example.com",
+        "ews",
+        EWS_SUB,
+        "active",
+        None,
+        None,
+    )
+    .await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let body = fixture("ews/send-notification-created.xml");
+    let first = post(&app, "text/xml", body.clone())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let second = post(&app, "text/xml", body).await.text().await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(event_count(&pool).await, 2);
+    let gap: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select gap_detected_at from subscriptions")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(gap.is_none(), "a redelivery is not a gap");
+
+    seed_subscription(
+        &pool,
+        "room-b@example.com",
+        "graph",
+        GRAPH_SUB,
+        "active",
+        Some(GRAPH_STATE),
+        None,
+    )
+    .await;
+    let graph = fixture("graph/change-created.json");
+    assert_eq!(
+        post(&app, "application/json", graph.clone()).await.status(),
+        202
+    );
+    assert_eq!(post(&app, "application/json", graph).await.status(), 202);
+    assert_eq!(event_count(&pool).await, 3);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_superseded_ews_subscription_is_answered_unsubscribe(pool: PgPool) {
+    seed_subscription(
+        &pool,
+        "room-a@example.com",
+        "ews",
+        EWS_SUB,
+        "superseded",
+        None,
+        None,
+    )
+    .await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let response = post(
+        &app,
+        "text/xml",
+        fixture("ews/send-notification-created.xml"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains(">Unsubscribe</m:SubscriptionStatus>"),
+        "{body}"
+    );
+    let pending: i64 =
+        sqlx::query_scalar("select count(*) from notification_events where status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        pending, 0,
+        "nothing from a superseded subscription is acted on"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_unknown_ews_subscription_is_answered_unsubscribe_after_the_grace_window(pool: PgPool) {
+    let app =
+        TestApp::spawn_with(pool.clone(), &[("EwsUnknownSubscriptionGraceSeconds", "0")]).await;
+    let response = post(
+        &app,
+        "text/xml",
+        fixture("ews/send-notification-created.xml"),
+    )
+    .await;
+    assert!(response.text().await.unwrap().contains(">Unsubscribe<"));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_error_class_notification_marks_the_subscription_lost(pool: PgPool) {
+    let body = fixture("ews/send-notification-error-readeventsfailed.xml");
+    let parsed = rooms_sync::soap::parse_send_notification(&body).unwrap();
+    let remote = parsed.subscription_ids().next().unwrap().to_owned();
+    let sub = seed_subscription(
+        &pool,
+        "room-a@example.com",
+        "ews",
+        &remote,
+        "active",
+        None,
+        None,
+    )
+    .await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let response = post(&app, "text/xml", body).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains(">OK<"));
+    let (lost_at, reason): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
+        sqlx::query_as("select lost_at, lost_reason from subscriptions where id = $1")
+            .bind(sub)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(lost_at.is_some());
+    assert_eq!(reason.as_deref(), Some("ErrorReadEventsFailed"));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn graph_notifications_are_committed_then_answered_202_with_an_empty_body(pool: PgPool) {
+    seed_subscription(
+        &pool,
+        "room-b@example.com",
+        "graph",
+        GRAPH_SUB,
+        "active",
+        Some(GRAPH_STATE),
+        None,
+    )
+    .await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let response = post(
+        &app,
+        "application/json; charset=utf-8",
+        fixture("graph/change-created.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.bytes().await.unwrap().len(), 0);
+    let (kind, status, item, payload): (String, String, Option<String>, serde_json::Value) =
+        sqlx::query_as("select kind, status, item_id, payload from notification_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((kind.as_str(), status.as_str()), ("created", "pending"));
+    assert_eq!(item.as_deref(), Some("AAMkAGF1cm9yYS1ldnQtMDAxAA=="));
+    assert_eq!(payload["subscriptionId"], GRAPH_SUB);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn lifecycle_notifications_are_stored_with_their_kinds(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    for name in [
+        "lifecycle-missed.json",
+        "lifecycle-reauthorization-required.json",
+        "lifecycle-subscription-removed.json",
+    ] {
+        let response = post(&app, "application/json", fixture(&format!("graph/{name}"))).await;
+        assert_eq!(response.status(), 202, "{name}");
+    }
+    let kinds: Vec<String> =
+        sqlx::query_scalar("select distinct kind from notification_events order by kind")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kinds,
+        vec!["missed", "reauthorization_required", "subscription_removed"]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_client_state_mismatch_is_stored_as_rejected_and_still_answered_202(pool: PgPool) {
+    seed_subscription(
+        &pool,
+        "room-b@example.com",
+        "graph",
+        GRAPH_SUB,
+        "active",
+        Some("the-real-secret"),
+        None,
+    )
+    .await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let response = post(
+        &app,
+        "application/json",
+        fixture("graph/change-created.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("select status, reject_reason from notification_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "ignored");
+    assert_eq!(reason.as_deref(), Some("client_state_mismatch"));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn the_validation_handshake_echoes_the_decoded_token_as_plain_text(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let response = app
+        .client
+        .post(app.url(&format!(
+            "{PATH}?validationToken=Validation%3a+Testing+client+application+reachability+for+subscription+Request-Id%3a+b1a2c3d4"
+        )))
+        .header("content-type", "text/plain; charset=utf-8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Validation: Testing client application reachability for subscription Request-Id: b1a2c3d4"
+    );
+    let markup = app
+        .client
+        .post(app.url(&format!(
+            "{PATH}?validationToken=%3Cscript%3Ealert(1)%3C%2Fscript%3E"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(markup.status(), 400);
+    assert_eq!(event_count(&pool).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_gets_503_while_validation_still_answers() {
+    let closed = free_port();
+    let url = format!("postgres://postgres@127.0.0.1:{closed}/nowhere");
+    let settings = test_settings(&[
+        ("DatabaseUrl", &url),
+        ("AutoMigrate", "false"),
+        ("DatabaseAcquireTimeoutMs", "300"),
+    ]);
+    let app = TestApp::run(Application::build(settings).await.unwrap());
+
+    let response = post(
+        &app,
+        "application/json",
+        fixture("graph/change-created.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 503);
+    let body = response.text().await.unwrap();
+    assert!(
+        !body.contains("127.0.0.1"),
+        "5xx bodies are generic: {body}"
+    );
+    let response = post(
+        &app,
+        "text/xml",
+        fixture("ews/send-notification-created.xml"),
+    )
+    .await;
+    assert_eq!(response.status(), 503);
+
+    let started = Instant::now();
+    let response = app
+        .client
+        .post(app.url(&format!("{PATH}?validationToken=still+here")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "still here");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn validation_answers_at_once_while_every_pooled_connection_is_busy(pool: PgPool) {
+    let options = pool.connect_options();
+    let small = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with((*options).clone())
+        .await
+        .unwrap();
+    let app = TestApp::spawn_with(small.clone(), &[]).await;
+    let _held = (
+        small.acquire().await.unwrap(),
+        small.acquire().await.unwrap(),
+    );
+    let started = Instant::now();
+    let response = app
+        .client
+        .post(app.url(&format!("{PATH}?validationToken=busy+pool")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "busy pool");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(_held);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn bad_input_gets_its_status_and_stores_nothing(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), &[("WebhookMaxBodyBytes", "65536")]).await;
+    let billion_laughs = fixture("ews/bad/doctype-billion-laughs.xml");
+    let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        (
+            "malformed XML",
+            "text/xml",
+            b"<soap:Envelope><unclosed>".to_vec(),
+            400,
+        ),
+        ("billion laughs", "text/xml", billion_laughs, 400),
+        (
+            "XXE",
+            "text/xml",
+            fixture("ews/bad/xxe-external-entity.xml"),
+            400,
+        ),
+        (
+            "not a SendNotification",
+            "text/xml",
+            fixture("ews/bad/wrong-body.xml"),
+            400,
+        ),
+        (
+            "malformed JSON",
+            "application/json",
+            b"{\"value\": [".to_vec(),
+            400,
+        ),
+        (
+            "no value array",
+            "application/json",
+            b"{\"foo\": 1}".to_vec(),
+            400,
+        ),
+        ("unsupported type", "text/plain", b"hello".to_vec(), 415),
+        (
+            "form data",
+            "application/x-www-form-urlencoded",
+            b"a=b".to_vec(),
+            415,
+        ),
+        ("too large", "application/json", vec![b' '; 70_000], 413),
+        (
+            "NUL in a string",
+            "text/xml",
+            String::from_utf8(fixture("ews/send-notification-created.xml"))
+                .unwrap()
+                .replace("<t:SubscriptionId>", "<t:SubscriptionId>&#0;")
+                .into_bytes(),
+            400,
+        ),
+    ];
+    for (name, content_type, body, status) in cases {
+        let response = post(&app, content_type, body).await;
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        let reason = response.text().await.unwrap();
+        assert!(
+            !reason.is_empty() && reason.len() < 300,
+            "{name}: {reason:?}"
+        );
+    }
+    // No content type at all.
+    let response = app
+        .client
+        .post(app.url(PATH))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(event_count(&pool).await, 0);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_chunked_body_over_the_limit_is_refused_413_without_reading_it_all(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(pool.clone(), &[("WebhookMaxBodyBytes", "4096")]).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // 8 KiB in 1 KiB chunks: twice the limit, no Content-Length to refuse it by.
+    for _ in 0..8 {
+        let chunk = format!("400\r\n{}\r\n", " ".repeat(1024));
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server may already have answered and closed
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = vec![0; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&response[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(event_count(&pool).await, 0);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn callers_outside_the_allowed_ranges_get_403_and_proxies_are_believed_only_if_trusted(
+    pool: PgPool,
+) {
+    seed_subscription(
+        &pool,
+        "room-b@example.com",
+        "graph",
+        GRAPH_SUB,
+        "active",
+        Some(GRAPH_STATE),
+        None,
+    )
+    .await;
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        &[
+            ("WebhookAllowedIpRanges", "52.96.0.0/14"),
+            ("TrustedProxyRanges", "127.0.0.0/8"),
+        ],
+    )
+    .await;
+    let body = fixture("graph/change-created.json");
+    let send = |xff: Option<&'static str>| {
+        let mut request = app
+            .client
+            .post(app.url(PATH))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(xff) = xff {
+            request = request.header("x-forwarded-for", xff);
+        }
+        request.send()
+    };
+    // Loopback itself is not allowed; an allowed address forged left of an untrusted hop is not
+    // believed; the hop our trusted proxy (loopback) saw is.
+    assert_eq!(send(None).await.unwrap().status(), 403);
+    assert_eq!(
+        send(Some("52.96.1.1, 203.0.113.5")).await.unwrap().status(),
+        403
+    );
+    let validation = app
+        .client
+        .post(app.url(&format!("{PATH}?validationToken=x")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(validation.status(), 403, "the handshake is not exempt");
+    assert_eq!(event_count(&pool).await, 0);
+    assert_eq!(
+        send(Some("203.0.113.5, 52.96.1.1")).await.unwrap().status(),
+        202
+    );
+    assert_eq!(event_count(&pool).await, 1);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn concurrent_deliveries_are_all_committed_before_they_are_answered(pool: PgPool) {
+    seed_subscription(
+        &pool,
+        "room-b@example.com",
+        "graph",
+        GRAPH_SUB,
+        "active",
+        Some(GRAPH_STATE),
+        None,
+    )
+    .await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let template = String::from_utf8(fixture("graph/change-created.json")).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        let body = template.replace("AAMkAGF1cm9yYS1ldnQtMDAxAA==", &format!("ITEM-{i}"));
+        let client = app.client.clone();
+        let url = app.url(PATH);
+        handles.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for handle in handles {
+        assert_eq!(handle.await.unwrap(), 202);
+    }
+    // Every 202 means committed: all rows are visible the moment the last answer arrived.
+    let distinct: i64 =
+        sqlx::query_scalar("select count(distinct item_id) from notification_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(distinct, 200);
+    app.stop().await;
+}
