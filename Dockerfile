@@ -6,8 +6,9 @@ WORKDIR /src
 # Dependencies first, against a placeholder crate: this layer is reused until Cargo.toml or
 # Cargo.lock change, so code-only changes rebuild in seconds rather than minutes.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src \
+RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > benches/ingest.rs \
  && touch src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src

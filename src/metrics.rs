@@ -28,6 +28,10 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_request_duration: Family<HttpLabels, Histogram>,
     pub events_received: Family<EventLabels, Counter>,
+    /// Deliveries (webhook requests) stored per ingest transaction.
+    pub ingest_batch_deliveries: Histogram,
+    /// Time of one ingest transaction, lookup included.
+    pub ingest_commit_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -63,11 +67,29 @@ impl Metrics {
             "Notification events committed by the webhook (redeliveries excluded)",
             events_received.clone(),
         );
+        let ingest_batch_deliveries = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12),
+        );
+        registry.register(
+            "ingest_batch_deliveries",
+            "Webhook deliveries committed together in one transaction",
+            ingest_batch_deliveries.clone(),
+        );
+        let ingest_commit_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 2.0, 16),
+        );
+        registry.register(
+            "ingest_commit_duration_seconds",
+            "Time to store and commit one ingest batch",
+            ingest_commit_duration.clone(),
+        );
         Self {
             registry,
             http_requests,
             http_request_duration,
             events_received,
+            ingest_batch_deliveries,
+            ingest_commit_duration,
         }
     }
 

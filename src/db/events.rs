@@ -1,6 +1,8 @@
 //! `notification_events`: every statement on the event table.
 
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::PgExecutor;
+
+use super::subscriptions::EwsUpdate;
 
 /// An event as ingress stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,31 +21,63 @@ pub struct NewEvent {
     pub body_sha256: Vec<u8>,
 }
 
-/// Inserts `events` in one statement; redeliveries (same backend, subscription and dedupe key)
-/// are skipped. Returns `(backend, kind)` of the rows actually inserted.
+/// Stores a batch in one statement, so in one round trip and one commit: inserts `events`
+/// (skipping redeliveries: same backend, subscription and dedupe key), advances the EWS
+/// watermark chains (recording a gap when a `PreviousWatermark` does not continue the stored
+/// chain and is not a redelivery of its end, and losses reported by Exchange), and stamps Graph
+/// subscriptions' last notification time at most every few seconds (each stamp locks the row
+/// until commit). Returns `(backend, kind)` of the events actually inserted.
 ///
 /// # Errors
 /// Database errors, including a statement timeout.
-pub async fn insert(
-    tx: &mut Transaction<'_, Postgres>,
+pub async fn store_batch(
+    executor: impl PgExecutor<'_>,
     events: &[NewEvent],
+    ews: &[EwsUpdate],
+    graph_touched: &[i64],
 ) -> Result<Vec<(&'static str, String)>, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let conn: &mut PgConnection = tx;
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "insert into notification_events
-             (backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
-              status, reject_reason, dedupe_key, payload, body_sha256)
-         select backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
-                status, reject_reason, dedupe_key, payload::jsonb, body_sha256
-         from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
-              as e(backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
-                   status, reject_reason, dedupe_key, payload, body_sha256)
-         on conflict on constraint notification_events_dedupe_key do nothing
-         returning backend, kind",
+        "with inserted as (
+             insert into notification_events
+                 (backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
+                  status, reject_reason, dedupe_key, payload, body_sha256)
+             select backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
+                    status, reject_reason, dedupe_key, payload::jsonb, body_sha256
+             from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+                  as e(backend, remote_subscription_id, subscription_id, mailbox_id, kind,
+                       item_id, status, reject_reason, dedupe_key, payload, body_sha256)
+             on conflict on constraint notification_events_dedupe_key do nothing
+             returning backend, kind
+         ),
+         ews as (
+             update subscriptions s set
+                 last_watermark = coalesce(u.last_watermark, s.last_watermark),
+                 last_notification_at = now(),
+                 gap_detected_at = case
+                     when u.inner_gap
+                       or (u.first_previous is not null and s.last_watermark is not null
+                           and s.last_watermark <> u.first_previous
+                           and s.last_watermark is distinct from u.last_watermark)
+                     then coalesce(s.gap_detected_at, now())
+                     else s.gap_detected_at end,
+                 lost_at = case when u.lost_reason is not null then coalesce(s.lost_at, now())
+                                else s.lost_at end,
+                 lost_reason = coalesce(u.lost_reason, s.lost_reason),
+                 updated_at = now()
+             from unnest($12::bigint[], $13::text[], $14::text[], $15::bool[], $16::text[])
+                  as u(id, first_previous, last_watermark, inner_gap, lost_reason)
+             where s.id = u.id and s.backend = 'ews'
+             returning s.id
+         ),
+         graph as (
+             update subscriptions set last_notification_at = now()
+             where id = any($17) and backend = 'graph'
+               and (last_notification_at is null
+                    or last_notification_at < now() - interval '5 seconds')
+             returning id
+         )
+         select backend, kind from inserted",
     )
     .bind(events.iter().map(|e| e.backend).collect::<Vec<_>>())
     .bind(
@@ -81,7 +115,25 @@ pub async fn insert(
             .map(|e| e.body_sha256.as_slice())
             .collect::<Vec<_>>(),
     )
-    .fetch_all(conn)
+    .bind(ews.iter().map(|u| u.subscription_id).collect::<Vec<_>>())
+    .bind(
+        ews.iter()
+            .map(|u| u.first_previous.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        ews.iter()
+            .map(|u| u.last_watermark.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(ews.iter().map(|u| u.inner_gap).collect::<Vec<_>>())
+    .bind(
+        ews.iter()
+            .map(|u| u.lost_reason.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(graph_touched)
+    .fetch_all(executor)
     .await?;
     Ok(rows
         .into_iter()

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
+use sqlx::PgExecutor;
 
 /// What ingress needs to know of a subscription.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -25,62 +25,53 @@ impl SubscriptionRow {
     }
 }
 
-/// The bookkeeping one EWS notification causes on its subscription.
+/// The bookkeeping EWS notifications cause on their subscription, folded over one batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EwsUpdate {
     pub subscription_id: i64,
-    /// The watermark of the last event received, if the notification carried one.
+    /// `PreviousWatermark` of the batch's first notification: compared with the stored chain
+    /// by the statement that applies the update, so no lock is held in between.
+    pub first_previous: Option<String>,
+    /// The watermark of the last event received in the batch.
     pub last_watermark: Option<String>,
-    /// `PreviousWatermark` did not continue the stored chain.
-    pub gap: bool,
+    /// The chain broke between two notifications of the same batch.
+    pub inner_gap: bool,
     /// Exchange reported the subscription lost (e.g. `ErrorReadEventsFailed`).
     pub lost_reason: Option<String>,
+}
+
+impl EwsUpdate {
+    #[must_use]
+    pub const fn new(subscription_id: i64) -> Self {
+        Self {
+            subscription_id,
+            first_previous: None,
+            last_watermark: None,
+            inner_gap: false,
+            lost_reason: None,
+        }
+    }
 }
 
 const INGEST_COLUMNS: &str =
     "id, remote_id, backend, mailbox_id, status, client_state, last_watermark";
 
-/// Locks the named subscriptions of `backend` for this transaction, in id order (so concurrent
-/// transactions cannot deadlock), and returns them.
+/// The subscriptions with these remote ids, of either backend.
 ///
 /// # Errors
 /// Database errors.
-pub async fn lock_for_ingest(
-    conn: &mut PgConnection,
-    backend: &str,
+pub async fn find_by_remote_ids(
+    executor: impl PgExecutor<'_>,
     remote_ids: &[&str],
 ) -> Result<Vec<SubscriptionRow>, sqlx::Error> {
     if remote_ids.is_empty() {
         return Ok(Vec::new());
     }
     sqlx::query_as(&format!(
-        "select {INGEST_COLUMNS} from subscriptions
-         where backend = $1 and remote_id = any($2) order by id for update"
+        "select {INGEST_COLUMNS} from subscriptions where remote_id = any($1)"
     ))
-    .bind(backend)
     .bind(remote_ids)
-    .fetch_all(conn)
-    .await
-}
-
-/// The named subscriptions of `backend`, without locking them.
-///
-/// # Errors
-/// Database errors.
-pub async fn find_for_ingest(
-    conn: &mut PgConnection,
-    backend: &str,
-    remote_ids: &[&str],
-) -> Result<Vec<SubscriptionRow>, sqlx::Error> {
-    if remote_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as(&format!(
-        "select {INGEST_COLUMNS} from subscriptions where backend = $1 and remote_id = any($2)"
-    ))
-    .bind(backend)
-    .bind(remote_ids)
-    .fetch_all(conn)
+    .fetch_all(executor)
     .await
 }
 
@@ -89,7 +80,7 @@ pub async fn find_for_ingest(
 /// # Errors
 /// Database errors.
 pub async fn ews_subscribed_within(
-    conn: &mut PgConnection,
+    executor: impl PgExecutor<'_>,
     window: Duration,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
@@ -97,84 +88,8 @@ pub async fn ews_subscribed_within(
                         where backend = 'ews' and requested_at > now() - make_interval(secs => $1))",
     )
     .bind(window.as_secs_f64())
-    .fetch_one(conn)
+    .fetch_one(executor)
     .await
-}
-
-/// Advances the watermark chain, stamps the time of the last notification, and records gaps and
-/// losses for the worker.
-///
-/// # Errors
-/// Database errors.
-pub async fn record_ews_notifications(
-    tx: &mut Transaction<'_, Postgres>,
-    updates: &[EwsUpdate],
-) -> Result<(), sqlx::Error> {
-    if updates.is_empty() {
-        return Ok(());
-    }
-    let conn: &mut PgConnection = tx;
-    sqlx::query(
-        "update subscriptions s set
-             last_watermark = coalesce(u.last_watermark, s.last_watermark),
-             last_notification_at = now(),
-             gap_detected_at = case when u.gap then coalesce(s.gap_detected_at, now())
-                                    else s.gap_detected_at end,
-             lost_at = case when u.lost_reason is not null then coalesce(s.lost_at, now())
-                            else s.lost_at end,
-             lost_reason = coalesce(u.lost_reason, s.lost_reason),
-             updated_at = now()
-         from unnest($1::bigint[], $2::text[], $3::bool[], $4::text[])
-              as u(id, last_watermark, gap, lost_reason)
-         where s.id = u.id",
-    )
-    .bind(
-        updates
-            .iter()
-            .map(|u| u.subscription_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        updates
-            .iter()
-            .map(|u| u.last_watermark.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(updates.iter().map(|u| u.gap).collect::<Vec<_>>())
-    .bind(
-        updates
-            .iter()
-            .map(|u| u.lost_reason.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Stamps the last notification time of Graph subscriptions, at most every few seconds per row:
-/// every stamp locks the row until commit, and Graph may deliver for one subscription on many
-/// connections at once.
-///
-/// # Errors
-/// Database errors.
-pub async fn touch_graph(
-    tx: &mut Transaction<'_, Postgres>,
-    ids: &[i64],
-) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let conn: &mut PgConnection = tx;
-    sqlx::query(
-        "update subscriptions set last_notification_at = now()
-         where id = any($1)
-           and (last_notification_at is null or last_notification_at < now() - interval '5 seconds')",
-    )
-    .bind(ids)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// A subscription to record before (pending) or after (active) Exchange was asked for it.

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::PgPool;
 
 use super::IngestOptions;
+use super::cache::SubscriptionCache;
 use crate::db::events::NewEvent;
 use crate::db::subscriptions::{EwsUpdate, SubscriptionRow};
 use crate::graph::notification::{GraphKind, GraphNotification, client_state_matches};
@@ -78,37 +79,30 @@ pub(super) struct Lookup {
 }
 
 pub(super) async fn lookup(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
+    cache: &SubscriptionCache,
     deliveries: &[&Delivery],
     options: IngestOptions,
 ) -> Result<Lookup, sqlx::Error> {
     let mut ews_ids: Vec<&str> = Vec::new();
-    let mut graph_ids: Vec<&str> = Vec::new();
+    let mut ids: Vec<&str> = Vec::new();
     for delivery in deliveries {
         match delivery {
             Delivery::Ews { parsed, .. } => ews_ids.extend(parsed.subscription_ids()),
             Delivery::Graph { items, .. } => {
-                graph_ids.extend(items.iter().map(|i| i.subscription_id.as_str()));
+                ids.extend(items.iter().map(|i| i.subscription_id.as_str()));
             }
         }
     }
-    ews_ids.sort_unstable();
-    ews_ids.dedup();
-    graph_ids.sort_unstable();
-    graph_ids.dedup();
-    let conn: &mut PgConnection = tx;
-    let mut by_remote_id = HashMap::new();
-    // EWS rows are locked: their watermark chain is read here and advanced in this transaction.
-    for row in crate::db::subscriptions::lock_for_ingest(&mut *conn, "ews", &ews_ids).await? {
-        by_remote_id.insert(row.remote_id.clone(), row);
-    }
-    for row in crate::db::subscriptions::find_for_ingest(&mut *conn, "graph", &graph_ids).await? {
-        by_remote_id.insert(row.remote_id.clone(), row);
-    }
-    let unknown_ews = ews_ids.iter().any(|id| !by_remote_id.contains_key(*id));
+    ids.extend(&ews_ids);
+    ids.sort_unstable();
+    ids.dedup();
+    let by_remote_id = cache.resolve(pool, &ids).await?;
+    let unknown_ews = ews_ids
+        .iter()
+        .any(|id| by_remote_id.get(*id).is_none_or(|s| s.backend != "ews"));
     let ews_grace_open = unknown_ews
-        && crate::db::subscriptions::ews_subscribed_within(&mut *conn, options.ews_unknown_grace)
-            .await?;
+        && crate::db::subscriptions::ews_subscribed_within(pool, options.ews_unknown_grace).await?;
     Ok(Lookup {
         by_remote_id,
         ews_grace_open,
@@ -136,21 +130,12 @@ mod reason {
 pub(super) fn plan(deliveries: &[&Delivery], lookup: &Lookup) -> Plan {
     let mut plan = Plan::default();
     let mut ews: HashMap<i64, EwsUpdate> = HashMap::new();
-    // The watermark chain as it advances through this batch, seeded from the locked rows.
-    let mut chain: HashMap<i64, Option<String>> = HashMap::new();
     for delivery in deliveries {
         let ack = match delivery {
             Delivery::Ews {
                 parsed,
                 body_sha256,
-            } => Ack::Ews(plan_ews(
-                parsed,
-                body_sha256,
-                lookup,
-                &mut plan,
-                &mut ews,
-                &mut chain,
-            )),
+            } => Ack::Ews(plan_ews(parsed, body_sha256, lookup, &mut plan, &mut ews)),
             Delivery::Graph { items, body_sha256 } => {
                 plan_graph(items, body_sha256, lookup, &mut plan);
                 Ack::Graph
@@ -171,7 +156,6 @@ fn plan_ews(
     lookup: &Lookup,
     plan: &mut Plan,
     updates: &mut HashMap<i64, EwsUpdate>,
-    chain: &mut HashMap<i64, Option<String>>,
 ) -> SubscriptionStatus {
     let mut any_wanted = false;
     let mut any_named = false;
@@ -216,30 +200,22 @@ fn plan_ews(
                 }
                 if let Some(sub) = sub {
                     let last = n.events.iter().rev().find_map(|e| e.watermark.clone());
-                    let current = chain
+                    let update = updates
                         .entry(sub.id)
-                        .or_insert_with(|| sub.last_watermark.clone());
-                    // A gap: Exchange's previous watermark is not where our chain stands, and this
-                    // is not simply a redelivery of the notification we already hold.
-                    let gap = match (&n.previous_watermark, current.as_ref()) {
-                        (Some(previous), Some(stored)) => {
-                            stored != previous && Some(stored) != last.as_ref()
-                        }
-                        _ => false,
-                    };
-                    if last.is_some() {
-                        current.clone_from(&last);
+                        .or_insert_with(|| EwsUpdate::new(sub.id));
+                    if update.first_previous.is_none() && update.last_watermark.is_none() {
+                        // The first notification of this batch: the database compares its
+                        // PreviousWatermark with the stored chain when it applies the update.
+                        update.first_previous.clone_from(&n.previous_watermark);
+                    } else if let (Some(previous), Some(current)) =
+                        (&n.previous_watermark, &update.last_watermark)
+                    {
+                        // A later one in the same batch continues the chain held here.
+                        update.inner_gap |= previous != current && Some(current) != last.as_ref();
                     }
-                    let update = updates.entry(sub.id).or_insert_with(|| EwsUpdate {
-                        subscription_id: sub.id,
-                        last_watermark: None,
-                        gap: false,
-                        lost_reason: None,
-                    });
                     if last.is_some() {
                         update.last_watermark = last;
                     }
-                    update.gap |= gap;
                 }
             }
             NotificationMessage::Error(error) => {
@@ -253,12 +229,7 @@ fn plan_ews(
                     Some(sub) => {
                         updates
                             .entry(sub.id)
-                            .or_insert_with(|| EwsUpdate {
-                                subscription_id: sub.id,
-                                last_watermark: None,
-                                gap: false,
-                                lost_reason: None,
-                            })
+                            .or_insert_with(|| EwsUpdate::new(sub.id))
                             .lost_reason = Some(error.response_code.clone());
                     }
                     None => tracing::warn!(

@@ -227,6 +227,40 @@ async fn a_redelivered_notification_is_stored_once_and_answered_the_same(pool: P
 }
 
 #[sqlx::test]
+async fn a_previous_watermark_that_breaks_the_stored_chain_records_a_gap(pool: PgPool) {
+    let sub = seed_subscription(
+        &pool,
+        "room-a@example.com",
+        "ews",
+        EWS_SUB,
+        "active",
+        None,
+        Some("AQAAAHNvbWV0aGluZy1lbHNl"),
+    )
+    .await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let response = post(
+        &app,
+        "text/xml",
+        fixture("ews/send-notification-created.xml"),
+    )
+    .await;
+    assert!(
+        response.text().await.unwrap().contains(">OK<"),
+        "a gap is still acknowledged"
+    );
+    let (gap, watermark): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
+        sqlx::query_as("select gap_detected_at, last_watermark from subscriptions where id = $1")
+            .bind(sub)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(gap.is_some());
+    assert_eq!(watermark.as_deref(), Some("AQAAAHJvb20tYS13bS0wMDA0"));
+    app.stop().await;
+}
+
+#[sqlx::test]
 async fn a_superseded_ews_subscription_is_answered_unsubscribe(pool: PgPool) {
     seed_subscription(
         &pool,

@@ -91,8 +91,9 @@ fn ews_events_of_an_active_subscription_are_pending_and_advance_the_watermark() 
         plan.ews_updates,
         vec![EwsUpdate {
             subscription_id: 1,
+            first_previous: Some(EWS_PREVIOUS.to_owned()),
             last_watermark: Some(EWS_LAST.to_owned()),
-            gap: false,
+            inner_gap: false,
             lost_reason: None,
         }]
     );
@@ -101,23 +102,37 @@ fn ews_events_of_an_active_subscription_are_pending_and_advance_the_watermark() 
     assert_eq!(payload["target"]["type"], "item");
 }
 
-#[test]
-fn a_previous_watermark_that_breaks_the_chain_records_a_gap() {
-    let plan = plan(&[&ews()], &active_ews(Some("AQAAAHNvbWV0aGluZy1lbHNl")));
-    assert!(plan.ews_updates[0].gap);
-    assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Ok)]);
+/// The created fixture with its watermarks renamed, continuing from `previous`.
+fn ews_next(previous: &str, suffix: &str) -> Delivery {
+    let xml = String::from_utf8(EWS_CREATED.to_vec())
+        .unwrap()
+        .replace("AQAAAHJvb20tYS13bS0wMDAz", &format!("WM-3-{suffix}"))
+        .replace(EWS_LAST, &format!("WM-4-{suffix}"))
+        .replace(EWS_PREVIOUS, previous);
+    Delivery::ews(
+        parse_send_notification(xml.as_bytes()).unwrap(),
+        xml.as_bytes(),
+    )
 }
 
 #[test]
-fn a_redelivery_of_the_last_notification_is_not_a_gap() {
-    let plan = plan(&[&ews()], &active_ews(Some(EWS_LAST)));
-    assert!(!plan.ews_updates[0].gap);
+fn consecutive_notifications_in_one_batch_continue_the_chain_without_a_gap() {
+    let first = ews();
+    let second = ews_next(EWS_LAST, "b");
+    let plan = plan(&[&first, &second], &active_ews(None));
+    assert_eq!(plan.ews_updates.len(), 1);
+    let update = &plan.ews_updates[0];
+    assert_eq!(update.first_previous.as_deref(), Some(EWS_PREVIOUS));
+    assert_eq!(update.last_watermark.as_deref(), Some("WM-4-b"));
+    assert!(!update.inner_gap);
 }
 
 #[test]
-fn the_first_notification_after_subscribe_without_a_stored_watermark_is_not_a_gap() {
-    let plan = plan(&[&ews()], &active_ews(None));
-    assert!(!plan.ews_updates[0].gap);
+fn a_break_between_notifications_of_one_batch_is_a_gap() {
+    let first = ews();
+    let second = ews_next("WM-somewhere-else", "c");
+    let plan = plan(&[&first, &second], &active_ews(None));
+    assert!(plan.ews_updates[0].inner_gap);
 }
 
 #[test]
@@ -126,7 +141,7 @@ fn the_same_notification_twice_in_one_batch_keeps_the_chain_without_a_gap() {
     let again = ews();
     let plan = plan(&[&first, &again], &active_ews(Some(EWS_PREVIOUS)));
     assert_eq!(plan.ews_updates.len(), 1);
-    assert!(!plan.ews_updates[0].gap);
+    assert!(!plan.ews_updates[0].inner_gap);
     // Both are stored; the database's dedupe key keeps one of each.
     assert_eq!(plan.events.len(), 4);
     assert_eq!(plan.events[0].dedupe_key, plan.events[2].dedupe_key);

@@ -1,0 +1,597 @@
+//! Ingest benchmark: how fast the webhook acknowledges durably, as a ratio to what Postgres
+//! itself does on this machine.
+//!
+//! One run: (1) pgbench's durable single-row INSERT rate for a ~600-byte jsonb row at 64 clients;
+//! (2) the real `rooms-sync serve` binary (spawned, so its RSS is its own) driven by 64 keep-alive
+//! connections of valid Graph notifications (one per POST, unique items, known subscriptions with
+//! the right clientState), closed loop for the maximum rate, then an open-model constant rate at
+//! half of it; (3) the same for EWS (one subscription per connection, a continuous watermark
+//! chain); (4) the validation handshake echo. It prints acks/s, latency percentiles, errors,
+//! rows stored vs acknowledged, the service's RSS, and acks/s ÷ pgbench rate.
+//!
+//! `cargo bench --bench ingest` (Postgres at $DATABASE_URL's server, default 127.0.0.1:5432).
+//! `BENCH_SECONDS` sets each phase's length (default 10).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark harness: any failure should stop the run loudly"
+)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use sqlx::PgPool;
+use tokio::net::TcpStream;
+
+const CONNECTIONS: usize = 64;
+const GRAPH_SUBSCRIPTIONS: usize = 16;
+const WEBHOOK: &str = "/api/webhooks/exchange";
+const SAMPLE_SUB: &str = "0d8f2b6a-7c31-4e59-9a42-3f1b6c8d9e01";
+const SAMPLE_STATE: &str = "bench-client-state-0000";
+
+/// An Exchange-looking item id, unique per connection and sequence number.
+fn item_id(conn: usize, n: u64) -> String {
+    format!("AAMkAGJlbmNoLXJvb20tZXZlbnQtaWQ-{conn:03}-{n:09}")
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+fn server_url() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    match url.rfind('/') {
+        Some(i) if i > "postgres://".len() => url[..i].to_owned(),
+        _ => url,
+    }
+}
+
+fn phase_seconds() -> u64 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
+async fn run() {
+    let seconds = phase_seconds();
+    let name = format!("rooms_sync_bench_{}", std::process::id());
+    let admin = PgPool::connect(&format!("{}/postgres", server_url()))
+        .await
+        .unwrap();
+    sqlx::query(&format!("drop database if exists {name} with (force)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let db_url = format!("{}/{name}", server_url());
+
+    println!("# rooms-sync ingest benchmark ({seconds} s per phase, {CONNECTIONS} connections)");
+    let pgbench = pgbench_rate(&db_url, seconds);
+    println!("pgbench durable 1-row INSERT, ~600 B jsonb, 64 clients: {pgbench:.0} rows/s");
+
+    let mut service = Service::start(&db_url).await;
+    let pool = PgPool::connect(&db_url).await.unwrap();
+    let graph_subs = seed_graph(&pool).await;
+    let ews_subs = seed_ews(&pool).await;
+
+    // Warm-up: connections, prepared statements, allocator.
+    let _ = drive(
+        &service,
+        Load::Graph(graph_subs.clone()),
+        Mode::Closed,
+        2,
+        1_000_000,
+        &pool,
+    )
+    .await;
+
+    let max = drive(
+        &service,
+        Load::Graph(graph_subs.clone()),
+        Mode::Closed,
+        seconds,
+        2_000_000,
+        &pool,
+    )
+    .await;
+    max.print("graph, closed loop (max rate)", pgbench, &mut service);
+    let half_rate = (max.acks_per_second() / 2.0).max(100.0);
+    let half = drive(
+        &service,
+        Load::Graph(graph_subs),
+        Mode::Open { rate: half_rate },
+        seconds,
+        4_000_000,
+        &pool,
+    )
+    .await;
+    half.print(
+        &format!("graph, open model at {half_rate:.0}/s (half of max)"),
+        pgbench,
+        &mut service,
+    );
+
+    let ews = drive(
+        &service,
+        Load::Ews(ews_subs.clone()),
+        Mode::Closed,
+        seconds,
+        6_000_000,
+        &pool,
+    )
+    .await;
+    ews.print("ews, closed loop (max rate)", pgbench, &mut service);
+    let ews_half_rate = (ews.acks_per_second() / 2.0).max(100.0);
+    let ews_half = drive(
+        &service,
+        Load::Ews(ews_subs),
+        Mode::Open {
+            rate: ews_half_rate,
+        },
+        seconds,
+        8_000_000,
+        &pool,
+    )
+    .await;
+    ews_half.print(
+        &format!("ews, open model at {ews_half_rate:.0}/s (half of max)"),
+        pgbench,
+        &mut service,
+    );
+
+    let validation = drive(
+        &service,
+        Load::Validation,
+        Mode::Open { rate: 2000.0 },
+        seconds.min(5),
+        0,
+        &pool,
+    )
+    .await;
+    validation.print(
+        "validation handshake echo, open model at 2000/s",
+        pgbench,
+        &mut service,
+    );
+
+    println!(
+        "service peak RSS (VmHWM): {:.1} MiB",
+        service.peak_rss_kib() as f64 / 1024.0
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", service.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in metrics.lines().filter(|l| {
+        (l.starts_with("rooms_sync_ingest_batch_deliveries_")
+            || l.starts_with("rooms_sync_ingest_commit_duration_seconds_"))
+            && !l.contains("bucket")
+    }) {
+        println!("{line}");
+    }
+    service.stop();
+    pool.close().await;
+    sqlx::query(&format!("drop database if exists {name} with (force)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+/// pgbench: durable (synchronous_commit on), one ~600-byte jsonb row per transaction.
+fn pgbench_rate(db_url: &str, seconds: u64) -> f64 {
+    let dir = std::env::temp_dir().join(format!("rooms-sync-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let setup = "create table if not exists bench_events (id bigserial primary key, \
+                 received_at timestamptz not null default now(), kind text not null, payload jsonb not null);";
+    let status = Command::new("psql")
+        .args(["-q", "-d", db_url, "-c", setup])
+        .status()
+        .expect("psql is installed");
+    assert!(status.success());
+    // The same document the service receives, with a random item id.
+    let sample = graph_body(SAMPLE_SUB, SAMPLE_STATE, &item_id(0, 123_456_789));
+    assert!(
+        (550..=700).contains(&sample.len()),
+        "payload is {} bytes",
+        sample.len()
+    );
+    let random_item = item_id(0, 0).replace("000000000", "' || :r || '");
+    let payload = graph_body(SAMPLE_SUB, SAMPLE_STATE, &random_item);
+    let script = format!(
+        "\\set r random(1, 1000000000)\ninsert into bench_events (kind, payload) values ('graph', ('{payload}')::jsonb);\n"
+    );
+    let script_path = dir.join("insert.sql");
+    std::fs::write(&script_path, script).unwrap();
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "64",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script_path)
+        .arg(db_url)
+        .output()
+        .expect("pgbench is installed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("pgbench printed tps")
+}
+
+/// The real binary, spawned.
+struct Service {
+    child: Child,
+    addr: String,
+    admin: String,
+    peak_rss_kib: u64,
+}
+
+impl Service {
+    async fn start(db_url: &str) -> Self {
+        let port = free_port();
+        let admin = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_rooms-sync"))
+            .arg("serve")
+            .env_clear()
+            .env("DatabaseUrl", db_url)
+            .env("ListenAddress", &addr)
+            .env("AdminListenAddress", format!("127.0.0.1:{admin}"))
+            .env("IdpRootUrl", "https://bench.example")
+            .env("ServiceRoles", "web")
+            .env("EwsUnknownSubscriptionGraceSeconds", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(Instant::now() < deadline, "service never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            child,
+            addr,
+            admin: format!("127.0.0.1:{admin}"),
+            peak_rss_kib: 0,
+        }
+    }
+
+    fn status_field(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.status_field("VmRSS:")
+    }
+
+    fn peak_rss_kib(&mut self) -> u64 {
+        self.peak_rss_kib = self.peak_rss_kib.max(self.status_field("VmHWM:"));
+        self.peak_rss_kib
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[derive(Clone)]
+enum Load {
+    Graph(Vec<(String, String)>),
+    Ews(Vec<String>),
+    Validation,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Each connection sends its next request when the previous is answered.
+    Closed,
+    /// Requests are due on a fixed schedule; latency counts from the scheduled time.
+    Open { rate: f64 },
+}
+
+struct Outcome {
+    seconds: f64,
+    acks: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+    rows_stored: i64,
+    rss_kib_during: u64,
+}
+
+impl Outcome {
+    fn acks_per_second(&self) -> f64 {
+        self.acks as f64 / self.seconds
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    fn print(&self, title: &str, pgbench: f64, service: &mut Service) {
+        let over_1s = self.latencies_us.iter().filter(|&&l| l > 1_000_000).count();
+        println!("\n## {title}");
+        println!(
+            "acks/s {:.0} | p50 {:.2} ms | p99 {:.2} ms | max {:.2} ms | >1 s: {over_1s} | errors {}",
+            self.acks_per_second(),
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99),
+            self.percentile_ms(1.0),
+            self.errors
+        );
+        if self.rows_stored >= 0 {
+            println!(
+                "rows stored {} vs acked {} | ratio acks/s ÷ pgbench {:.2}",
+                self.rows_stored,
+                self.acks,
+                self.acks_per_second() / pgbench
+            );
+        }
+        println!(
+            "service RSS during the phase {:.1} MiB (peak so far {:.1} MiB)",
+            self.rss_kib_during as f64 / 1024.0,
+            service.peak_rss_kib() as f64 / 1024.0
+        );
+    }
+}
+
+async fn seed_graph(pool: &PgPool) -> Vec<(String, String)> {
+    let mut subs = Vec::new();
+    for i in 0..GRAPH_SUBSCRIPTIONS {
+        let mailbox: i64 = sqlx::query_scalar(
+            "insert into mailboxes (address, backend) values ($1, 'graph') returning id",
+        )
+        .bind(format!("room-{i}@bench.example"))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let remote = format!("{i:08x}-7c31-4e59-9a42-3f1b6c8d9e01");
+        let state = format!("bench-client-state-{i:04}");
+        sqlx::query(
+            "insert into subscriptions (mailbox_id, backend, remote_id, status, client_state, callback_url)
+             values ($1, 'graph', $2, 'active', $3, 'https://bench.example/api/webhooks/exchange')",
+        )
+        .bind(mailbox)
+        .bind(&remote)
+        .bind(&state)
+        .execute(pool)
+        .await
+        .unwrap();
+        subs.push((remote, state));
+    }
+    subs
+}
+
+async fn seed_ews(pool: &PgPool) -> Vec<String> {
+    let mut subs = Vec::new();
+    for i in 0..CONNECTIONS {
+        let mailbox: i64 = sqlx::query_scalar(
+            "insert into mailboxes (address, backend) values ($1, 'ews') returning id",
+        )
+        .bind(format!("ews-room-{i}@bench.example"))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let remote = format!("RABzcnYtbWJ4MDEucm9vbXMuZXhhbXBsZRAAAAB+c3ViLWJlbmNoLTAw{i:04}");
+        sqlx::query(
+            "insert into subscriptions (mailbox_id, backend, remote_id, status, callback_url)
+             values ($1, 'ews', $2, 'active', 'https://bench.example/api/webhooks/exchange')",
+        )
+        .bind(mailbox)
+        .bind(&remote)
+        .execute(pool)
+        .await
+        .unwrap();
+        subs.push(remote);
+    }
+    subs
+}
+
+fn graph_body(subscription: &str, client_state: &str, item: &str) -> String {
+    format!(
+        r##"{{"value":[{{"subscriptionId":"{subscription}","subscriptionExpirationDateTime":"2026-12-02T09:15:30.1234567+00:00","changeType":"updated","clientState":"{client_state}","resource":"Users/7f3e9a12-4b6c-4d8e-9f01-2a3b4c5d6e7f/Events/{item}","tenantId":"5b1a3f0e-2c4d-4e6f-8a9b-0c1d2e3f4a5b","resourceData":{{"@odata.type":"#Microsoft.Graph.Event","@odata.id":"Users/7f3e9a12-4b6c-4d8e-9f01-2a3b4c5d6e7f/Events/{item}","@odata.etag":"W/\"DwAAABYAAABhdXJvcmEtY2stMDAx\"","id":"{item}"}}}}]}}"##
+    )
+}
+
+fn ews_body(subscription: &str, previous: &str, watermark: &str, item: &str) -> String {
+    format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="utf-8"?><soap11:Envelope xmlns:soap11="http://schemas.xmlsoap.org/soap/envelope/">"#,
+            r#"<soap11:Header><t:RequestServerVersion xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" Version="Exchange2016"/></soap11:Header>"#,
+            r#"<soap11:Body><m:SendNotification xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">"#,
+            r#"<m:ResponseMessages><m:SendNotificationResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>"#,
+            r#"<m:Notification><t:SubscriptionId>{sub}</t:SubscriptionId><t:PreviousWatermark>{prev}</t:PreviousWatermark><t:MoreEvents>false</t:MoreEvents>"#,
+            r#"<t:ModifiedEvent><t:Watermark>{wm}</t:Watermark><t:TimeStamp>2026-11-29T10:30:45Z</t:TimeStamp>"#,
+            r#"<t:ItemId Id="AAMkAGJlbmNoLXJvb20AEYAAAAA{item}" ChangeKey="DwAAABYAAADmZXh0LWNrLTEwMDE="/>"#,
+            r#"<t:ParentFolderId Id="AAMkAGJlbmNoLXJvb20ALgAAAABjYWxlbmRhcg==" ChangeKey="AQAAAA=="/></t:ModifiedEvent>"#,
+            r#"</m:Notification></m:SendNotificationResponseMessage></m:ResponseMessages></m:SendNotification></soap11:Body></soap11:Envelope>"#
+        ),
+        sub = subscription,
+        prev = previous,
+        wm = watermark,
+        item = item
+    )
+}
+
+/// Runs one phase and counts what got stored. `base` keeps item ids unique across phases.
+async fn drive(
+    service: &Service,
+    load: Load,
+    mode: Mode,
+    seconds: u64,
+    base: u64,
+    pool: &PgPool,
+) -> Outcome {
+    let rows_before: i64 = sqlx::query_scalar("select count(*) from notification_events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for conn in 0..CONNECTIONS {
+        let addr = service.addr.clone();
+        let (stop, acks, errors, load) = (stop.clone(), acks.clone(), errors.clone(), load.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(&addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let mut latencies = Vec::with_capacity(64 * 1024);
+            let interval = match mode {
+                Mode::Open { rate } => Some(Duration::from_secs_f64(CONNECTIONS as f64 / rate)),
+                Mode::Closed => None,
+            };
+            // Spread the connections' schedules over one interval.
+            let first_due = started + interval.map_or(Duration::ZERO, |i| i.mul_f64(conn as f64 / CONNECTIONS as f64));
+            let mut previous_watermark = format!("WM-{conn}-{base}-start");
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let due = match interval {
+                    Some(i) => {
+                        let due = first_due + i.mul_f64(n as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
+                let item = item_id(conn, base + n);
+                let (uri, content_type, body) = match &load {
+                    Load::Graph(subs) => {
+                        let (sub, state) = &subs[(conn + n as usize) % subs.len()];
+                        (WEBHOOK.to_owned(), "application/json", graph_body(sub, state, &item))
+                    }
+                    Load::Ews(subs) => {
+                        let watermark = format!("WM-{conn}-{}", base + n);
+                        let body = ews_body(&subs[conn], &previous_watermark, &watermark, &item);
+                        previous_watermark = watermark;
+                        (WEBHOOK.to_owned(), "text/xml; charset=utf-8", body)
+                    }
+                    Load::Validation => (
+                        format!("{WEBHOOK}?validationToken=Validation%3A+Testing+client+application+reachability+{item}"),
+                        "text/plain",
+                        String::new(),
+                    ),
+                };
+                let request = Request::post(uri)
+                    .header("host", "bench")
+                    .header("content-type", content_type)
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let _ = response.into_body().collect().await;
+                        status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                let elapsed = due.elapsed();
+                if ok {
+                    acks.fetch_add(1, Ordering::Relaxed);
+                    latencies.push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let mut rss_kib_during = 0;
+    let deadline = started + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_kib_during = rss_kib_during.max(service.rss_kib());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    for task in tasks {
+        latencies_us.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    let rows_after: i64 = sqlx::query_scalar("select count(*) from notification_events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    Outcome {
+        seconds: elapsed,
+        acks: acks.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        latencies_us,
+        rows_stored: if matches!(load, Load::Validation) {
+            -1
+        } else {
+            rows_after - rows_before
+        },
+        rss_kib_during,
+    }
+}

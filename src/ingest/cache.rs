@@ -1,0 +1,68 @@
+//! A short-lived cache of the subscriptions ingress looks up, so that a loaded service spends
+//! one database round trip per batch (the write) instead of two.
+//!
+//! Entries live for [`TTL`]: a subscription the worker supersedes is answered `Unsubscribe` at
+//! most that much later (until then its events are stored as usual, which is harmless: the
+//! worker syncs from Exchange, not from the events). Unknown ids are never cached, so a
+//! subscription created a moment ago is found at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::db::subscriptions::{self, SubscriptionRow};
+
+/// How long a looked-up subscription is trusted.
+pub(super) const TTL: Duration = Duration::from_secs(2);
+/// Bound on entries: far more than the rooms of a tenant.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub(super) struct SubscriptionCache {
+    entries: Mutex<HashMap<String, (SubscriptionRow, Instant)>>,
+}
+
+impl SubscriptionCache {
+    /// The stored subscriptions among `remote_ids` (either backend), from the cache where fresh.
+    pub(super) async fn resolve(
+        &self,
+        pool: &PgPool,
+        remote_ids: &[&str],
+    ) -> Result<HashMap<String, SubscriptionRow>, sqlx::Error> {
+        let now = Instant::now();
+        let mut found = HashMap::with_capacity(remote_ids.len());
+        let mut missing = Vec::new();
+        {
+            let entries = self
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for id in remote_ids {
+                match entries.get(*id) {
+                    Some((row, at)) if now.duration_since(*at) < TTL => {
+                        found.insert((*id).to_owned(), row.clone());
+                    }
+                    _ => missing.push(*id),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let rows = subscriptions::find_by_remote_ids(pool, &missing).await?;
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() + rows.len() > MAX_ENTRIES {
+            entries.retain(|_, (_, at)| now.duration_since(*at) < TTL);
+        }
+        for row in rows {
+            entries.insert(row.remote_id.clone(), (row.clone(), now));
+            found.insert(row.remote_id.clone(), row);
+        }
+        Ok(found)
+    }
+}
