@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
-use crate::config::{self, Loaded};
+use crate::config::{self, Loaded, LogFormat};
+use crate::simulator::{self, SimulateArgs};
 use crate::{db, shutdown, telemetry};
 
 /// Exchange room-calendar push sync for ROOMS.
@@ -35,12 +36,18 @@ pub enum Command {
     Config,
     /// Exit 0 when the local /healthz answers 200 (for container health checks).
     Healthcheck,
+    /// Run the Exchange simulator (EWS and Graph) on loopback.
+    Simulate(SimulateArgs),
 }
 
 /// Runs the program; the binary's whole `main`.
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The simulator stands alone: it needs none of the service's settings.
+    if let Command::Simulate(args) = cli.command {
+        return simulate(args);
+    }
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -78,13 +85,45 @@ pub fn main() -> ExitCode {
             Command::Serve => serve(loaded).await,
             Command::Migrate => migrate(&loaded).await,
             Command::Healthcheck => healthcheck(&loaded).await,
-            Command::Config => Ok(()),
+            Command::Config | Command::Simulate(_) => Ok(()),
         }
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "rooms-sync failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn simulate(args: SimulateArgs) -> ExitCode {
+    if let Err(error) = telemetry::init(LogFormat::Text, None) {
+        eprintln!("{error:#}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(shutdown::cancel_on_signal(shutdown.clone()));
+        let result = simulator::run(args, shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = signals.await;
+        result
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rooms-sync simulate failed: {error:#}");
             ExitCode::FAILURE
         }
     }

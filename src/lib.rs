@@ -3,7 +3,8 @@
 //! notification committed to Postgres before it is acknowledged.
 //!
 //! `main.rs` is a thin shell over [`cli`]; [`app::Application`] wires the listeners and
-//! background tasks; [`config`] is the only module that reads the environment or files.
+//! background tasks; [`config`] is the only module that reads the environment or files;
+//! [`simulator`] is an Exchange (EWS and Graph) on loopback for tests, demos and benchmarks.
 
 pub mod app;
 pub mod cli;
@@ -14,5 +15,6 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod shutdown;
+pub mod simulator;
 pub mod soap;
 pub mod telemetry;

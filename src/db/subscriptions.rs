@@ -148,3 +148,29 @@ pub async fn set_status(
         .await?;
     Ok(())
 }
+
+/// Marks a pending subscription active once Exchange has answered with its id.
+///
+/// # Errors
+/// Database errors, e.g. the remote id is already recorded.
+pub async fn activate(
+    executor: impl PgExecutor<'_>,
+    id: i64,
+    remote_id: &str,
+    expires_at: Option<DateTime<Utc>>,
+    last_watermark: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update subscriptions
+         set remote_id = $2, status = 'active', expires_at = $3,
+             last_watermark = coalesce($4, last_watermark), updated_at = now()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(remote_id)
+    .bind(expires_at)
+    .bind(last_watermark)
+    .execute(executor)
+    .await?;
+    Ok(())
+}

@@ -9,6 +9,7 @@
 
 mod cli;
 mod container;
+mod end_to_end;
 mod health;
 mod helpers;
 mod webhook;

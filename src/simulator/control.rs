@@ -1,0 +1,511 @@
+//! The test and demo handle on a running simulator: book, move, cancel and delete
+//! meetings, inject faults, and read back what the simulator saw and sent. [`Control`] is
+//! the in-process API; the same operations are served as JSON under `/_sim/` (no token
+//! needed; the simulator listens on loopback only):
+//!
+//! | request | body / answer |
+//! | --- | --- |
+//! | `POST /_sim/rooms/{room}/meetings` | a [`Meeting`] → `201 {"id"}` |
+//! | `PATCH /_sim/rooms/{room}/meetings/{id}` | `{"start","end"}` or `{"cancel":true}` |
+//! | `DELETE /_sim/rooms/{room}/meetings/{id}[?soft=true]` | `204` (hard delete, or move to Deleted Items) |
+//! | `POST /_sim/rooms/{room}/series` | a [`Meeting`] plus `"recurrence":{"pattern":"daily"\|"weekly","count":N}` |
+//! | `POST /_sim/faults` | a [`Fault`], e.g. `{"kind":"graphThrottle","count":2,"retryAfterSecs":5}` |
+//! | `POST /_sim/lifecycle` | `{"subscriptionId","lifecycleEvent":"missed"\|"subscriptionRemoved"\|"reauthorizationRequired"}` |
+//! | `GET /_sim/requests`, `/_sim/pushes`, `/_sim/subscriptions` | the records and snapshots below |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::calendar::{Applied, Meeting, Recurrence};
+use super::{AppState, Shared, SimError, json_response, push};
+
+/// Which protocol a push used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Backend {
+    Graph,
+    Ews,
+}
+
+/// A request the simulator answered (control API calls excluded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub at: DateTime<Utc>,
+    pub status: u16,
+}
+
+/// One delivery attempt of a notification.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushRecord {
+    pub backend: Backend,
+    pub url: String,
+    pub subscription_id: String,
+    /// What was pushed: `created`/`updated`/`deleted`/a lifecycle event for Graph,
+    /// `notification`/`status` for EWS, `validation` for a Graph handshake; a redelivery
+    /// injected by [`Fault::DuplicatePushes`] has ` (duplicate)` appended.
+    pub kind: String,
+    /// 1 for the first delivery, 2 for the first retry...
+    pub attempt: u32,
+    /// The HTTP status, `None` when no reply came (refused, timed out, dropped by a fault).
+    pub status: Option<u16>,
+    pub at: DateTime<Utc>,
+    pub body: String,
+}
+
+/// A Graph subscription as the simulator holds it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphSubscriptionSnapshot {
+    pub id: String,
+    pub resource: String,
+    pub room: String,
+    pub change_type: String,
+    pub notification_url: String,
+    pub lifecycle_notification_url: Option<String>,
+    pub client_state: Option<String>,
+    pub expiration_date_time: DateTime<Utc>,
+}
+
+/// An EWS push subscription as the simulator holds it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EwsSubscriptionSnapshot {
+    pub id: String,
+    pub room: String,
+    pub url: String,
+    pub status_frequency_minutes: u32,
+    pub event_types: Vec<String>,
+    /// `ExchangeImpersonation` address from the Subscribe header.
+    pub impersonated: Option<String>,
+    /// `X-AnchorMailbox` HTTP header of the Subscribe call.
+    pub anchor_mailbox: Option<String>,
+    /// The watermark of the last event delivered.
+    pub last_watermark: String,
+    /// `false` once retries ran out or the callback answered `Unsubscribe`.
+    pub alive: bool,
+    pub ended_by: Option<String>,
+}
+
+/// The lifecycle events Graph sends for Outlook resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LifecycleKind {
+    ReauthorizationRequired,
+    SubscriptionRemoved,
+    Missed,
+}
+
+impl LifecycleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReauthorizationRequired => "reauthorizationRequired",
+            Self::SubscriptionRemoved => "subscriptionRemoved",
+            Self::Missed => "missed",
+        }
+    }
+}
+
+/// Something to go wrong on purpose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Fault {
+    /// The next `count` Graph calls get `429` with `Retry-After`.
+    GraphThrottle { count: u32, retry_after_secs: u32 },
+    /// The next `count` EWS calls get an `ErrorServerBusy` fault with `BackOffMilliseconds`.
+    EwsServerBusy { count: u32, backoff_ms: u32 },
+    /// The next `count` push attempts (Graph or EWS) are lost on the way, as if the
+    /// network dropped them; they count as failed deliveries and are retried.
+    FailPushes { count: u32 },
+    /// The next `count` notifications that are delivered successfully are delivered a
+    /// second time, as Graph and Exchange occasionally do.
+    DuplicatePushes { count: u32 },
+    /// Sends a Graph lifecycle notification now (`subscriptionRemoved` also removes it).
+    LifecycleEvent {
+        subscription_id: String,
+        lifecycle: LifecycleKind,
+    },
+    /// Revokes every token issued so far: the next Graph/EWS calls get 401 until a new
+    /// token is fetched.
+    WrongTokens,
+    /// Forgets every delta and paging link: their next use gets `410 syncStateNotFound`.
+    ExpireDeltaLinks,
+}
+
+/// Pending injected faults.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Faults {
+    pub(crate) graph_throttle: u32,
+    pub(crate) graph_retry_after: u32,
+    pub(crate) ews_busy: u32,
+    pub(crate) ews_backoff_ms: u32,
+    pub(crate) fail_pushes: u32,
+    pub(crate) duplicate_pushes: u32,
+}
+
+/// The handle tests and the demo drive a simulator with. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// The simulator's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.shared.base_url
+    }
+
+    fn applied(&self, applied: Applied) {
+        push::on_change(&self.shared, &applied);
+    }
+
+    /// Books a meeting; returns its item id.
+    ///
+    /// # Errors
+    ///
+    /// [`SimError::InvalidMeeting`] when it ends before it starts.
+    pub fn create_meeting(&self, room: &str, meeting: Meeting) -> Result<String, SimError> {
+        let applied = self.shared.lock().cal.create(room, meeting, None)?;
+        let id = applied.item.id.clone();
+        self.applied(applied);
+        Ok(id)
+    }
+
+    /// Books a recurring series; returns the series master's id.
+    ///
+    /// # Errors
+    ///
+    /// [`SimError::InvalidMeeting`] for a bad meeting or occurrence count.
+    pub fn create_series(
+        &self,
+        room: &str,
+        meeting: Meeting,
+        recurrence: Recurrence,
+    ) -> Result<String, SimError> {
+        let applied = self
+            .shared
+            .lock()
+            .cal
+            .create(room, meeting, Some(recurrence))?;
+        let id = applied.item.id.clone();
+        self.applied(applied);
+        Ok(id)
+    }
+
+    /// Moves a meeting (a series master moves every occurrence).
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or item, or an end before the start.
+    pub fn move_meeting(
+        &self,
+        room: &str,
+        id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<(), SimError> {
+        let applied = self.shared.lock().cal.update(room, id, |item| {
+            item.meeting.start = start;
+            item.meeting.end = end;
+            Ok(())
+        })?;
+        self.applied(applied);
+        Ok(())
+    }
+
+    /// Marks a meeting cancelled (the room keeps its copy, as with `RemoveCanceledMeetings`
+    /// off).
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or item.
+    pub fn cancel_meeting(&self, room: &str, id: &str) -> Result<(), SimError> {
+        let applied = self.shared.lock().cal.update(room, id, |item| {
+            item.cancelled = true;
+            Ok(())
+        })?;
+        self.applied(applied);
+        Ok(())
+    }
+
+    /// Hard-deletes a meeting (EWS `DeletedEvent`, Graph `deleted`).
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or item.
+    pub fn delete_meeting(&self, room: &str, id: &str) -> Result<(), SimError> {
+        let applied = self.shared.lock().cal.delete(room, id, false)?;
+        self.applied(applied);
+        Ok(())
+    }
+
+    /// Moves a meeting to Deleted Items (EWS `MovedEvent` with a new id, Graph `deleted`).
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or item.
+    pub fn soft_delete_meeting(&self, room: &str, id: &str) -> Result<(), SimError> {
+        let applied = self.shared.lock().cal.delete(room, id, true)?;
+        self.applied(applied);
+        Ok(())
+    }
+
+    /// Injects a fault.
+    ///
+    /// # Errors
+    ///
+    /// [`SimError::UnknownSubscription`] for a lifecycle event about an unknown subscription.
+    pub fn inject(&self, fault: Fault) -> Result<(), SimError> {
+        let mut state = self.shared.lock();
+        match fault {
+            Fault::GraphThrottle {
+                count,
+                retry_after_secs,
+            } => {
+                state.faults.graph_throttle = count;
+                state.faults.graph_retry_after = retry_after_secs;
+            }
+            Fault::EwsServerBusy { count, backoff_ms } => {
+                state.faults.ews_busy = count;
+                state.faults.ews_backoff_ms = backoff_ms;
+            }
+            Fault::FailPushes { count } => state.faults.fail_pushes = count,
+            Fault::DuplicatePushes { count } => state.faults.duplicate_pushes = count,
+            Fault::WrongTokens => state.tokens.clear(),
+            Fault::ExpireDeltaLinks => {
+                state.delta_links.clear();
+                state.pages.clear();
+            }
+            Fault::LifecycleEvent {
+                subscription_id,
+                lifecycle,
+            } => {
+                drop(state);
+                return push::send_lifecycle(&self.shared, &subscription_id, lifecycle);
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests answered so far (oldest first; control API calls excluded).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().requests.iter().cloned().collect()
+    }
+
+    /// Push attempts so far, oldest first.
+    pub fn pushes(&self) -> Vec<PushRecord> {
+        self.shared.lock().pushes.iter().cloned().collect()
+    }
+
+    /// Graph subscriptions currently held.
+    pub fn graph_subscriptions(&self) -> Vec<GraphSubscriptionSnapshot> {
+        self.shared
+            .lock()
+            .graph_subs
+            .values()
+            .map(super::graph::GraphSub::snapshot)
+            .collect()
+    }
+
+    /// EWS push subscriptions, live and ended.
+    pub fn ews_subscriptions(&self) -> Vec<EwsSubscriptionSnapshot> {
+        self.shared
+            .lock()
+            .ews_subs
+            .values()
+            .map(super::ews::EwsSub::snapshot)
+            .collect()
+    }
+
+    /// Four draws from the seeded generator (for the busy-office mode).
+    pub(crate) fn random4(&self) -> (u64, u64, u64, u64) {
+        let mut state = self.shared.lock();
+        let rng = &mut state.rng;
+        (
+            rng.next_u64(),
+            rng.next_u64(),
+            rng.next_u64(),
+            rng.next_u64(),
+        )
+    }
+}
+
+// ---- HTTP control API ------------------------------------------------------
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/_sim/rooms/{room}/meetings", post(http_create))
+        .route(
+            "/_sim/rooms/{room}/meetings/{id}",
+            patch(http_update).delete(http_delete),
+        )
+        .route("/_sim/rooms/{room}/series", post(http_series))
+        .route("/_sim/faults", post(http_fault))
+        .route("/_sim/lifecycle", post(http_lifecycle))
+        .route("/_sim/requests", get(http_requests))
+        .route("/_sim/pushes", get(http_pushes))
+        .route("/_sim/subscriptions", get(http_subscriptions))
+}
+
+fn control(shared: AppState) -> Control {
+    Control::new(shared)
+}
+
+fn sim_error(e: &SimError) -> Response {
+    let status = match e {
+        SimError::UnknownRoom(_) | SimError::UnknownItem(_) | SimError::UnknownSubscription(_) => {
+            StatusCode::NOT_FOUND
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    json_response(status, &json!({ "error": e.to_string() }))
+}
+
+async fn http_create(
+    State(shared): State<AppState>,
+    Path(room): Path<String>,
+    Json(meeting): Json<Meeting>,
+) -> Response {
+    match control(shared).create_meeting(&room, meeting) {
+        Ok(id) => json_response(StatusCode::CREATED, &json!({ "id": id })),
+        Err(e) => sim_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SeriesBody {
+    #[serde(flatten)]
+    meeting: Meeting,
+    recurrence: Recurrence,
+}
+
+async fn http_series(
+    State(shared): State<AppState>,
+    Path(room): Path<String>,
+    Json(body): Json<SeriesBody>,
+) -> Response {
+    match control(shared).create_series(&room, body.meeting, body.recurrence) {
+        Ok(id) => json_response(StatusCode::CREATED, &json!({ "id": id })),
+        Err(e) => sim_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateBody {
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    #[serde(default)]
+    cancel: bool,
+}
+
+async fn http_update(
+    State(shared): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    Json(body): Json<UpdateBody>,
+) -> Response {
+    let c = control(shared);
+    let result = match (body.start, body.end, body.cancel) {
+        (_, _, true) => c.cancel_meeting(&room, &id),
+        (Some(start), Some(end), false) => c.move_meeting(&room, &id, start, end),
+        _ => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": "give start and end, or cancel: true" }),
+            );
+        }
+    };
+    match result {
+        Ok(()) => json_response(StatusCode::OK, &json!({ "id": id })),
+        Err(e) => sim_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    soft: bool,
+}
+
+async fn http_delete(
+    State(shared): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Response {
+    let c = control(shared);
+    let result = if q.soft {
+        c.soft_delete_meeting(&room, &id)
+    } else {
+        c.delete_meeting(&room, &id)
+    };
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => sim_error(&e),
+    }
+}
+
+async fn http_fault(State(shared): State<AppState>, Json(fault): Json<Fault>) -> Response {
+    match control(shared).inject(fault) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => sim_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecycleBody {
+    subscription_id: String,
+    lifecycle_event: LifecycleKind,
+}
+
+async fn http_lifecycle(
+    State(shared): State<AppState>,
+    Json(body): Json<LifecycleBody>,
+) -> Response {
+    match control(shared).inject(Fault::LifecycleEvent {
+        subscription_id: body.subscription_id,
+        lifecycle: body.lifecycle_event,
+    }) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => sim_error(&e),
+    }
+}
+
+async fn http_requests(State(shared): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &control(shared).requests())
+}
+
+async fn http_pushes(State(shared): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &control(shared).pushes())
+}
+
+async fn http_subscriptions(State(shared): State<AppState>) -> Response {
+    let c = control(shared);
+    json_response(
+        StatusCode::OK,
+        &json!({ "graph": c.graph_subscriptions(), "ews": c.ews_subscriptions() }),
+    )
+}

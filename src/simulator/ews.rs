@@ -1,0 +1,847 @@
+//! EWS at `POST /EWS/Exchange.asmx` (SOAP 1.1): push `Subscribe`, `GetItem`,
+//! `FindItem` with a `CalendarView`, and `SyncFolderItems`, read by namespace and local
+//! name with the project's XML reader, answered in Exchange's envelope shapes; plus the
+//! `SendNotification` bodies pushed to subscribers and the reading of their replies.
+//!
+//! Watermarks and sync states are opaque strings that encode the room and a position in the
+//! change log, so any watermark the simulator never issued (or issued for another room) is
+//! refused the way Exchange refuses one from another mailbox database.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+use super::calendar::{EwsLogEvent, EwsTarget, Instance, InstanceKind, Room};
+use super::control::EwsSubscriptionSnapshot;
+use super::xml::{self, Node, esc};
+use super::{AppState, Shared, authorized, ews_datetime, push};
+use crate::soap::{
+    EventKind, NS_MESSAGES, NS_SOAP11, NS_TYPES, Ns, SubscriptionStatus, Tok, XmlIn,
+};
+
+/// The service account EWS accepts with HTTP Basic (`EwsAuth=basic`), besides bearer tokens.
+pub const EWS_BASIC_USER: &str = "sim-ews@sim.example";
+/// Password of [`EWS_BASIC_USER`].
+pub const EWS_BASIC_PASSWORD: &str = "sim-ews-password";
+
+/// `StatusFrequency` when the request omits it (the documented default).
+const DEFAULT_STATUS_FREQUENCY: u32 = 30;
+/// `MaxChangesReturned` bounds.
+const MAX_SYNC_CHANGES: usize = 512;
+/// Longest `CalendarView` range Exchange accepts (two years).
+const MAX_VIEW_DAYS: i64 = 2 * 366;
+/// `FindItem` result cap (`EWSFindCountLimit`).
+const FIND_COUNT_LIMIT: usize = 1000;
+/// Change key Exchange shows on folder ids in notifications.
+pub(crate) const FOLDER_CHANGE_KEY: &str = "AQAAAA==";
+
+/// An EWS push subscription.
+#[derive(Debug, Clone)]
+pub(crate) struct EwsSub {
+    pub(crate) id: String,
+    pub(crate) room: String,
+    pub(crate) room_number: u32,
+    pub(crate) url: String,
+    pub(crate) status_frequency: u32,
+    pub(crate) event_types: Vec<EventKind>,
+    pub(crate) impersonated: Option<String>,
+    pub(crate) anchor: Option<String>,
+    /// Position of the last event delivered (or the start point).
+    pub(crate) cursor: u64,
+    pub(crate) last_watermark: String,
+    pub(crate) alive: bool,
+    pub(crate) ended_by: Option<String>,
+    /// Distinguishes the watermarks of successive status events at one position.
+    pub(crate) status_nonce: u32,
+}
+
+impl EwsSub {
+    pub(crate) fn snapshot(&self) -> EwsSubscriptionSnapshot {
+        EwsSubscriptionSnapshot {
+            id: self.id.clone(),
+            room: self.room.clone(),
+            url: self.url.clone(),
+            status_frequency_minutes: self.status_frequency,
+            event_types: self
+                .event_types
+                .iter()
+                .map(|k| k.element_name().to_owned())
+                .collect(),
+            impersonated: self.impersonated.clone(),
+            anchor_mailbox: self.anchor.clone(),
+            last_watermark: self.last_watermark.clone(),
+            alive: self.alive,
+            ended_by: self.ended_by.clone(),
+        }
+    }
+}
+
+/// The opaque watermark of event position `pos` in room `room`; `nonce` > 0 marks a
+/// status event at that position.
+pub(crate) fn watermark(room: u32, pos: u64, nonce: u32) -> String {
+    format!("AQAAAA{room:08X}{pos:016X}{nonce:08X}")
+}
+
+/// `(room, pos)` of a watermark the simulator issued.
+pub(crate) fn parse_watermark(text: &str) -> Option<(u32, u64)> {
+    let hex = text.strip_prefix("AQAAAA")?;
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let room = u32::from_str_radix(hex.get(..8)?, 16).ok()?;
+    let pos = u64::from_str_radix(hex.get(8..24)?, 16).ok()?;
+    Some((room, pos))
+}
+
+fn sync_state(room: u32, seq: u64) -> String {
+    format!("H4sIAAAAAAAEAO0SIM{room:08x}{seq:016x}")
+}
+
+fn parse_sync_state(text: &str) -> Option<(u32, u64)> {
+    let hex = text.strip_prefix("H4sIAAAAAAAEAO0SIM")?;
+    if hex.len() != 24 {
+        return None;
+    }
+    let room = u32::from_str_radix(hex.get(..8)?, 16).ok()?;
+    let seq = u64::from_str_radix(hex.get(8..)?, 16).ok()?;
+    Some((room, seq))
+}
+
+pub(crate) fn routes(_shared: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/EWS/Exchange.asmx", post(handle))
+        .route("/ews/exchange.asmx", post(handle))
+}
+
+fn xml_response(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/xml; charset=utf-8"),
+    );
+    r
+}
+
+/// A response envelope around `body` (which holds the `m:…Response` element).
+fn envelope(body: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{NS_SOAP11}"><s:Header><h:ServerVersionInfo MajorVersion="15" MinorVersion="20" MajorBuildNumber="8" MinorBuildNumber="0" Version="V2018_01_08" xmlns:h="{NS_TYPES}" xmlns="{NS_TYPES}"/></s:Header><s:Body>{body}</s:Body></s:Envelope>"#
+    )
+}
+
+/// A SOAP fault with HTTP 500, e.g. `ErrorServerBusy`; `message_xml` goes into the detail.
+fn soap_fault(code: &str, message: &str, message_xml: &str) -> Response {
+    let body = format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{NS_SOAP11}"><s:Body><s:Fault><faultcode xmlns:a="{NS_TYPES}">a:{code}</faultcode><faultstring xml:lang="en-US">{msg}</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">{code}</e:ResponseCode><e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">{msg}</e:Message>{message_xml}</detail></s:Fault></s:Body></s:Envelope>"#,
+        msg = esc(message)
+    );
+    xml_response(StatusCode::INTERNAL_SERVER_ERROR, body)
+}
+
+/// An error response message (`ResponseClass="Error"`) of operation `op`.
+fn error_message(op: &str, code: &str, text: &str, extra: &str) -> String {
+    format!(
+        r#"<m:{op}ResponseMessage ResponseClass="Error"><m:MessageText>{}</m:MessageText><m:ResponseCode>{code}</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>{extra}</m:{op}ResponseMessage>"#,
+        esc(text)
+    )
+}
+
+fn operation_response(op: &str, messages: &str) -> Response {
+    xml_response(
+        StatusCode::OK,
+        envelope(&format!(
+            r#"<m:{op}Response xmlns:m="{NS_MESSAGES}" xmlns:t="{NS_TYPES}"><m:ResponseMessages>{messages}</m:ResponseMessages></m:{op}Response>"#
+        )),
+    )
+}
+
+/// Standard base64 (with or without padding) to bytes; `None` on any other character.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in text.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
+        }
+    }
+    Some(out)
+}
+
+/// HTTP Basic with the simulator's EWS service account.
+fn basic_ok(headers: &HeaderMap) -> bool {
+    let Some((scheme, encoded)) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+    else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Some(decoded) = base64_decode(encoded.trim()).and_then(|b| String::from_utf8(b).ok())
+    else {
+        return false;
+    };
+    let expected = format!("{EWS_BASIC_USER}:{EWS_BASIC_PASSWORD}");
+    bool::from(subtle::ConstantTimeEq::ct_eq(
+        decoded.as_bytes(),
+        expected.as_bytes(),
+    ))
+}
+
+async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&shared, &headers) && !basic_ok(&headers) {
+        let mut r = StatusCode::UNAUTHORIZED.into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", trusted_issuers=\"00000001-0000-0000-c000-000000000000@*\""),
+        );
+        return r;
+    }
+    let busy = {
+        let mut state = shared.lock();
+        if state.faults.ews_busy > 0 {
+            state.faults.ews_busy -= 1;
+            Some(state.faults.ews_backoff_ms)
+        } else {
+            None
+        }
+    };
+    if let Some(ms) = busy {
+        return soap_fault(
+            "ErrorServerBusy",
+            "The server cannot service this request right now. Try again later.",
+            &format!(
+                r#"<t:MessageXml xmlns:t="{NS_TYPES}"><t:Value Name="BackOffMilliseconds">{ms}</t:Value></t:MessageXml>"#
+            ),
+        );
+    }
+    let root = match xml::parse(&body) {
+        Ok(root) if root.ns == Ns::Soap && root.local == "Envelope" => root,
+        Ok(_) => {
+            return soap_fault(
+                "ErrorInvalidRequest",
+                "The request is not a SOAP envelope.",
+                "",
+            );
+        }
+        Err(e) => {
+            return soap_fault(
+                "ErrorSchemaValidation",
+                &format!("The request failed schema validation: {e}"),
+                "",
+            );
+        }
+    };
+    let Some(op) = root
+        .child("Body")
+        .and_then(|b| b.children.iter().find(|c| c.ns.is_ews()))
+    else {
+        return soap_fault(
+            "ErrorInvalidRequest",
+            "The SOAP body holds no EWS operation.",
+            "",
+        );
+    };
+    let who = Caller {
+        impersonated: root
+            .path(&["Header", "ExchangeImpersonation", "ConnectingSID"])
+            .and_then(|sid| {
+                ["SmtpAddress", "PrimarySmtpAddress", "PrincipalName"]
+                    .iter()
+                    .find_map(|n| sid.child(n))
+            })
+            .map(|n| n.text.clone()),
+        anchor: headers
+            .get("x-anchormailbox")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    match op.local.as_str() {
+        "Subscribe" => subscribe(&shared, op, &who),
+        "GetItem" => get_item(&shared, op),
+        "FindItem" => find_item(&shared, op, &who),
+        "SyncFolderItems" => sync_folder_items(&shared, op, &who),
+        other => soap_fault(
+            "ErrorInvalidRequest",
+            &format!("The simulator does not implement {other}."),
+            "",
+        ),
+    }
+}
+
+/// Who the call is made for.
+#[derive(Debug)]
+struct Caller {
+    impersonated: Option<String>,
+    anchor: Option<String>,
+}
+
+impl Caller {
+    /// The mailbox named in a `DistinguishedFolderId`, else the impersonated one, else the
+    /// anchor mailbox.
+    fn room(&self, folder: Option<&Node>) -> Option<String> {
+        folder
+            .and_then(|f| f.path(&["Mailbox", "EmailAddress"]))
+            .map(|n| n.text.clone())
+            .or_else(|| self.impersonated.clone())
+            .or_else(|| self.anchor.clone())
+    }
+}
+
+fn event_kind(name: &str) -> Option<EventKind> {
+    [
+        EventKind::Copied,
+        EventKind::Created,
+        EventKind::Deleted,
+        EventKind::Modified,
+        EventKind::Moved,
+        EventKind::NewMail,
+        EventKind::FreeBusyChanged,
+    ]
+    .into_iter()
+    .find(|k| k.element_name() == name)
+}
+
+fn push_url_ok(text: &str) -> bool {
+    text.len() < 2083 && url::Url::parse(text).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+}
+
+fn subscribe(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
+    let fail = |code: &str, text: &str| {
+        operation_response("Subscribe", &error_message("Subscribe", code, text, ""))
+    };
+    let Some(req) = op.child("PushSubscriptionRequest") else {
+        return fail(
+            "ErrorInvalidSubscriptionRequest",
+            "The simulator supports push subscriptions only.",
+        );
+    };
+    let folder = req.path(&["FolderIds", "DistinguishedFolderId"]);
+    if folder.and_then(|f| f.attr("Id")) != Some("calendar") {
+        return fail(
+            "ErrorInvalidSubscriptionRequest",
+            "Subscribe to the calendar DistinguishedFolderId.",
+        );
+    }
+    let mut event_types = Vec::new();
+    for t in req
+        .child("EventTypes")
+        .into_iter()
+        .flat_map(|e| e.children_named("EventType"))
+    {
+        match event_kind(&t.text) {
+            Some(k) => event_types.push(k),
+            None => {
+                return fail(
+                    "ErrorInvalidSubscriptionRequest",
+                    &format!("Unknown EventType {}.", t.text),
+                );
+            }
+        }
+    }
+    if event_types.is_empty() {
+        return fail(
+            "ErrorInvalidSubscriptionRequest",
+            "At least one EventType is required.",
+        );
+    }
+    let status_frequency = match req.child("StatusFrequency").map(|n| n.text.parse::<u32>()) {
+        None => DEFAULT_STATUS_FREQUENCY,
+        Some(Ok(n)) if (1..=1440).contains(&n) => n,
+        Some(_) => {
+            return fail(
+                "ErrorInvalidSubscriptionRequest",
+                "StatusFrequency must be between 1 and 1440 minutes.",
+            );
+        }
+    };
+    let url = req.child("URL").map(|n| n.text.clone()).unwrap_or_default();
+    if !push_url_ok(&url) {
+        return fail(
+            "ErrorInvalidPushSubscriptionUrl",
+            "The push subscription URL is invalid.",
+        );
+    }
+    let Some(room) = who.room(folder) else {
+        return fail(
+            "ErrorMissingEmailAddress",
+            "When making a request as an account that does not have a mailbox, you must specify the mailbox primary SMTP address for any distinguished folder Ids.",
+        );
+    };
+    let given = req
+        .child("Watermark")
+        .map(|n| n.text.clone())
+        .filter(|w| !w.is_empty());
+    let sub = {
+        let mut state = shared.lock();
+        let Some((room_key, number)) = state.cal.room(&room).map(|r| (r.address.clone(), r.number))
+        else {
+            drop(state);
+            return fail(
+                "ErrorNonExistentMailbox",
+                &format!("The SMTP address has no mailbox associated with it: {room}"),
+            );
+        };
+        let (cursor, last_watermark) = match &given {
+            None => {
+                let pos = state.cal.ews_pos;
+                (pos, watermark(number, pos, 0))
+            }
+            Some(w) => match parse_watermark(w) {
+                Some((r, pos)) if r == number && pos <= state.cal.ews_pos => (pos, w.clone()),
+                _ => {
+                    drop(state);
+                    return fail(
+                        "ErrorInvalidWatermark",
+                        "The watermark used for creating this subscription was not found.",
+                    );
+                }
+            },
+        };
+        let id = format!("JgBzaW0tbWJ4MDEuc2ltLmV4YW1wbGUQAAAA{}", state.rng.hex(16));
+        let sub = EwsSub {
+            id: id.clone(),
+            room: room_key,
+            room_number: number,
+            url,
+            status_frequency,
+            event_types,
+            impersonated: who.impersonated.clone(),
+            anchor: who.anchor.clone(),
+            cursor,
+            last_watermark,
+            alive: true,
+            ended_by: None,
+            status_nonce: 0,
+        };
+        state.ews_subs.insert(id, sub.clone());
+        sub
+    };
+    push::spawn_ews_subscription(shared, sub.id.clone());
+    operation_response(
+        "Subscribe",
+        &format!(
+            r#"<m:SubscribeResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:SubscriptionId>{}</m:SubscriptionId><m:Watermark>{}</m:Watermark></m:SubscribeResponseMessage>"#,
+            esc(&sub.id),
+            esc(&sub.last_watermark)
+        ),
+    )
+}
+
+/// A `t:CalendarItem` with the properties a room reservation needs.
+fn calendar_item(room: &Room, inst: &Instance) -> String {
+    let item = &inst.item;
+    let m = &item.meeting;
+    let recurrence_id = if inst.kind == InstanceKind::Occurrence {
+        format!(
+            "<t:RecurrenceId>{}</t:RecurrenceId>",
+            ews_datetime(inst.start)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        concat!(
+            r#"<t:CalendarItem><t:ItemId Id="{id}" ChangeKey="{ck}"/><t:ParentFolderId Id="{folder}" ChangeKey="{fck}"/>"#,
+            "<t:ItemClass>IPM.Appointment</t:ItemClass><t:Subject>{subject}</t:Subject>",
+            "<t:DateTimeCreated>{created}</t:DateTimeCreated><t:LastModifiedTime>{modified}</t:LastModifiedTime>",
+            "<t:UID>{uid}</t:UID>{rid}<t:Start>{start}</t:Start><t:End>{end}</t:End>",
+            "<t:IsAllDayEvent>{all_day}</t:IsAllDayEvent><t:LegacyFreeBusyStatus>{fb}</t:LegacyFreeBusyStatus>",
+            "<t:Location>{location}</t:Location><t:IsMeeting>true</t:IsMeeting><t:IsCancelled>{cancelled}</t:IsCancelled>",
+            "<t:IsRecurring>{recurring}</t:IsRecurring><t:CalendarItemType>{kind}</t:CalendarItemType>",
+            "<t:Organizer><t:Mailbox><t:Name>{org}</t:Name><t:EmailAddress>{org}</t:EmailAddress>",
+            "<t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox></t:Organizer></t:CalendarItem>"
+        ),
+        id = esc(&inst.id),
+        ck = esc(&item.change_key()),
+        folder = esc(&room.calendar_folder_id()),
+        fck = FOLDER_CHANGE_KEY,
+        subject = esc(&m.subject),
+        created = ews_datetime(item.created_at),
+        modified = ews_datetime(item.modified_at),
+        uid = esc(&item.uid),
+        rid = recurrence_id,
+        start = ews_datetime(inst.start),
+        end = ews_datetime(inst.end),
+        all_day = m.is_all_day,
+        fb = if item.cancelled { "Free" } else { "Busy" },
+        location = esc(&m.location),
+        cancelled = item.cancelled,
+        recurring = inst.kind == InstanceKind::Occurrence,
+        kind = inst.kind.ews(),
+        org = esc(&m.organizer),
+    )
+}
+
+fn get_item(shared: &Arc<Shared>, op: &Node) -> Response {
+    let state = shared.lock();
+    let mut messages = String::new();
+    let ids = op
+        .child("ItemIds")
+        .into_iter()
+        .flat_map(|n| n.children_named("ItemId"));
+    for id in ids {
+        let found = id.attr("Id").and_then(|i| state.cal.find_instance(i));
+        match found {
+            Some((room, inst)) => {
+                messages.push_str(r#"<m:GetItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:Items>"#);
+                messages.push_str(&calendar_item(room, &inst));
+                messages.push_str("</m:Items></m:GetItemResponseMessage>");
+            }
+            None => messages.push_str(&error_message(
+                "GetItem",
+                "ErrorItemNotFound",
+                "The specified object was not found in the store., The process failed to get the correct properties.",
+                "<m:Items/>",
+            )),
+        }
+    }
+    drop(state);
+    operation_response("GetItem", &messages)
+}
+
+fn parse_ews_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|n| n.and_utc())
+        })
+}
+
+fn find_item(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
+    let fail = |code: &str, text: &str| {
+        operation_response("FindItem", &error_message("FindItem", code, text, ""))
+    };
+    let folder = op.path(&["ParentFolderIds", "DistinguishedFolderId"]);
+    let Some(room) = who.room(folder) else {
+        return fail("ErrorMissingEmailAddress", "Name the room's mailbox.");
+    };
+    let state = shared.lock();
+    let Some(r) = state.cal.room(&room) else {
+        return fail(
+            "ErrorNonExistentMailbox",
+            &format!("The SMTP address has no mailbox associated with it: {room}"),
+        );
+    };
+    let (instances, max) = if let Some(view) = op.child("CalendarView") {
+        let from = view.attr("StartDate").and_then(parse_ews_time);
+        let to = view.attr("EndDate").and_then(parse_ews_time);
+        let (Some(from), Some(to)) = (from, to) else {
+            drop(state);
+            return fail(
+                "ErrorInvalidRequest",
+                "CalendarView needs StartDate and EndDate.",
+            );
+        };
+        if to <= from {
+            drop(state);
+            return fail(
+                "ErrorCalendarEndDateIsEarlierThanStartDate",
+                "EndDate is earlier than StartDate",
+            );
+        }
+        if (to - from).num_days() > MAX_VIEW_DAYS {
+            drop(state);
+            return fail(
+                "ErrorCalendarViewRangeTooBig",
+                "The time window specified is larger than the maximum allowed.",
+            );
+        }
+        let max = view
+            .attr("MaxEntriesReturned")
+            .and_then(|m| m.parse::<usize>().ok())
+            .unwrap_or(FIND_COUNT_LIMIT)
+            .min(FIND_COUNT_LIMIT);
+        (r.view(from, to), max)
+    } else {
+        // Without a CalendarView, FindItem has no calendaring logic: masters, not occurrences.
+        (
+            r.items
+                .values()
+                .map(super::calendar::Item::as_instance)
+                .collect(),
+            FIND_COUNT_LIMIT,
+        )
+    };
+    let total = instances.len();
+    let includes_last = total <= max;
+    let items: String = instances
+        .iter()
+        .take(max)
+        .map(|i| calendar_item(r, i))
+        .collect();
+    drop(state);
+    operation_response(
+        "FindItem",
+        &format!(
+            r#"<m:FindItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:RootFolder TotalItemsInView="{total}" IncludesLastItemInRange="{includes_last}"><t:Items>{items}</t:Items></m:RootFolder></m:FindItemResponseMessage>"#
+        ),
+    )
+}
+
+fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
+    let fail = |code: &str, text: &str| {
+        operation_response(
+            "SyncFolderItems",
+            &error_message("SyncFolderItems", code, text, ""),
+        )
+    };
+    let folder = op.path(&["SyncFolderId", "DistinguishedFolderId"]);
+    let Some(room) = who.room(folder) else {
+        return fail("ErrorMissingEmailAddress", "Name the room's mailbox.");
+    };
+    let max = match op
+        .child("MaxChangesReturned")
+        .map(|n| n.text.parse::<usize>())
+    {
+        None => MAX_SYNC_CHANGES,
+        Some(Ok(n)) if (1..=MAX_SYNC_CHANGES).contains(&n) => n,
+        Some(_) => {
+            return fail(
+                "ErrorInvalidRequest",
+                "MaxChangesReturned must be between 1 and 512.",
+            );
+        }
+    };
+    let state = shared.lock();
+    let Some(r) = state.cal.room(&room) else {
+        return fail(
+            "ErrorNonExistentMailbox",
+            &format!("The SMTP address has no mailbox associated with it: {room}"),
+        );
+    };
+    let since = match op
+        .child("SyncState")
+        .map(|n| n.text.as_str())
+        .filter(|s| !s.is_empty())
+    {
+        None => 0,
+        Some(s) => match parse_sync_state(s) {
+            Some((number, seq)) if number == r.number && seq <= state.cal.seq => seq,
+            _ => {
+                drop(state);
+                return fail(
+                    "ErrorInvalidSyncStateData",
+                    "Synchronization state data is corrupt or otherwise invalid.",
+                );
+            }
+        },
+    };
+    let mut changes = String::new();
+    let mut taken = 0;
+    let mut next_seq = state.cal.seq;
+    let mut includes_last = true;
+    for (id, seq) in r.changed_since(since) {
+        let entry = if let Some(item) = r.items.get(&id) {
+            let verb = if item.created_seq > since {
+                "Create"
+            } else {
+                "Update"
+            };
+            format!(
+                "<t:{verb}>{}</t:{verb}>",
+                calendar_item(r, &item.as_instance())
+            )
+        } else if let Some(item) = r.deleted.get(&id) {
+            if item.created_seq > since {
+                // Created and deleted since the last sync: nothing to tell.
+                continue;
+            }
+            format!(
+                r#"<t:Delete><t:ItemId Id="{}" ChangeKey="{}"/></t:Delete>"#,
+                esc(&item.id),
+                esc(&item.change_key())
+            )
+        } else {
+            continue;
+        };
+        if taken == max {
+            includes_last = false;
+            break;
+        }
+        changes.push_str(&entry);
+        taken += 1;
+        next_seq = seq;
+    }
+    if includes_last {
+        next_seq = state.cal.seq;
+    }
+    let new_state = sync_state(r.number, next_seq);
+    drop(state);
+    operation_response(
+        "SyncFolderItems",
+        &format!(
+            r#"<m:SyncFolderItemsResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:SyncState>{new_state}</m:SyncState><m:IncludesLastItemInRange>{includes_last}</m:IncludesLastItemInRange><m:Changes>{changes}</m:Changes></m:SyncFolderItemsResponseMessage>"#
+        ),
+    )
+}
+
+// ---- push ------------------------------------------------------------------
+
+/// An event as pushed: the log entry (or `None` for a status event) and its watermark.
+#[derive(Debug, Clone)]
+pub(crate) struct OutEvent {
+    pub(crate) event: Option<EwsLogEvent>,
+    pub(crate) watermark: String,
+}
+
+fn event_xml(room: &Room, e: &OutEvent) -> String {
+    let wm = esc(&e.watermark);
+    let Some(ev) = &e.event else {
+        return format!("<t:StatusEvent><t:Watermark>{wm}</t:Watermark></t:StatusEvent>");
+    };
+    let name = ev.kind.element_name();
+    let at = ews_datetime(ev.at);
+    let cal = esc(&room.calendar_folder_id());
+    let body = match &ev.target {
+        EwsTarget::Folder => format!(
+            r#"<t:FolderId Id="{cal}" ChangeKey="{FOLDER_CHANGE_KEY}"/><t:ParentFolderId Id="{}" ChangeKey="{FOLDER_CHANGE_KEY}"/><t:UnreadCount>0</t:UnreadCount>"#,
+            esc(&room.root_folder_id())
+        ),
+        EwsTarget::Item { id, change_key } => match &ev.moved_from {
+            Some(old) => format!(
+                r#"<t:ItemId Id="{}" ChangeKey="{}"/><t:ParentFolderId Id="{}" ChangeKey="{FOLDER_CHANGE_KEY}"/><t:OldItemId Id="{}"/><t:OldParentFolderId Id="{cal}" ChangeKey="{FOLDER_CHANGE_KEY}"/>"#,
+                esc(id),
+                esc(change_key),
+                esc(&room.deleted_items_folder_id()),
+                esc(old)
+            ),
+            None => format!(
+                r#"<t:ItemId Id="{}" ChangeKey="{}"/><t:ParentFolderId Id="{cal}" ChangeKey="{FOLDER_CHANGE_KEY}"/>"#,
+                esc(id),
+                esc(change_key)
+            ),
+        },
+    };
+    format!(
+        "<t:{name}><t:Watermark>{wm}</t:Watermark><t:TimeStamp>{at}</t:TimeStamp>{body}</t:{name}>"
+    )
+}
+
+/// A `SendNotification` request body as Exchange Online writes it.
+pub(crate) fn send_notification_xml(
+    room: &Room,
+    subscription_id: &str,
+    previous_watermark: &str,
+    more_events: bool,
+    events: &[OutEvent],
+) -> String {
+    let events: String = events.iter().map(|e| event_xml(room, e)).collect();
+    format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="utf-8"?><soap11:Envelope xmlns:soap11="{soap}"><soap11:Header>"#,
+            r#"<t:RequestServerVersion xmlns:m="{m}" Version="Exchange2016" xmlns:t="{t}"/></soap11:Header><soap11:Body>"#,
+            r#"<m:SendNotification xmlns:t="{t}" xmlns:m="{m}"><m:ResponseMessages><m:SendNotificationResponseMessage ResponseClass="Success">"#,
+            "<m:ResponseCode>NoError</m:ResponseCode><m:Notification><t:SubscriptionId>{id}</t:SubscriptionId>",
+            "<t:PreviousWatermark>{prev}</t:PreviousWatermark><t:MoreEvents>{more}</t:MoreEvents>{events}",
+            "</m:Notification></m:SendNotificationResponseMessage></m:ResponseMessages></m:SendNotification></soap11:Body></soap11:Envelope>"
+        ),
+        soap = NS_SOAP11,
+        m = NS_MESSAGES,
+        t = NS_TYPES,
+        id = esc(subscription_id),
+        prev = esc(previous_watermark),
+        more = more_events,
+        events = events,
+    )
+}
+
+/// Reads the callback's `SendNotificationResult/SubscriptionStatus`; `None` when the body is
+/// not such a reply (Exchange counts that as a failed delivery).
+pub(crate) fn parse_reply(body: &[u8]) -> Option<SubscriptionStatus> {
+    let mut x = XmlIn::new(body).ok()?;
+    let mut status = None;
+    let mut in_result = false;
+    loop {
+        match x.next().ok()? {
+            Tok::Open(open)
+                if open.ns == Ns::Messages && open.local() == "SendNotificationResult" =>
+            {
+                in_result = true;
+            }
+            Tok::Open(open)
+                if in_result && open.ns.is_ews() && open.local() == "SubscriptionStatus" =>
+            {
+                let text = x.text("SubscriptionStatus").ok()?;
+                status = match text.as_ref() {
+                    "OK" => Some(SubscriptionStatus::Ok),
+                    "Unsubscribe" => Some(SubscriptionStatus::Unsubscribe),
+                    _ => return None,
+                };
+            }
+            Tok::Eof => return status,
+            Tok::Open(_) | Tok::Close | Tok::Text(_) | Tok::Char(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::soap::{SubscriptionStatus, send_notification_result};
+
+    #[test]
+    fn basic_credentials_of_the_sim_account_are_accepted_and_others_refused() {
+        let mut h = HeaderMap::new();
+        // "sim-ews@sim.example:sim-ews-password"
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic c2ltLWV3c0BzaW0uZXhhbXBsZTpzaW0tZXdzLXBhc3N3b3Jk"),
+        );
+        assert!(basic_ok(&h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic c2ltLWV3c0BzaW0uZXhhbXBsZTp3cm9uZw=="),
+        );
+        assert!(!basic_ok(&h));
+        assert_eq!(base64_decode("aGk=").as_deref(), Some(&b"hi"[..]));
+        assert_eq!(base64_decode("a!"), None);
+    }
+
+    #[test]
+    fn watermarks_round_trip_and_foreign_ones_are_refused() {
+        let w = watermark(3, 42, 7);
+        assert_eq!(parse_watermark(&w), Some((3, 42)));
+        assert_eq!(parse_watermark("AQAAAHJvb20tYS13bS0wMDAy"), None);
+        assert_eq!(parse_watermark(""), None);
+        assert_eq!(parse_sync_state(&sync_state(2, 9)), Some((2, 9)));
+        assert_eq!(parse_sync_state("garbage"), None);
+    }
+
+    #[test]
+    fn the_projects_own_replies_are_read_back_as_ok_and_unsubscribe() {
+        assert_eq!(
+            parse_reply(send_notification_result(SubscriptionStatus::Ok).as_bytes()),
+            Some(SubscriptionStatus::Ok)
+        );
+        assert_eq!(
+            parse_reply(send_notification_result(SubscriptionStatus::Unsubscribe).as_bytes()),
+            Some(SubscriptionStatus::Unsubscribe)
+        );
+        assert_eq!(parse_reply(b"OK"), None);
+        assert_eq!(parse_reply(b"<a/>"), None);
+    }
+}

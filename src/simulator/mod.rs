@@ -1,0 +1,435 @@
+//! An Exchange that lives on loopback: room calendars in memory, served over real HTTP in
+//! Microsoft's wire formats (the OAuth token endpoint, Microsoft Graph subscriptions, events,
+//! calendarView and delta, EWS `Subscribe`/`GetItem`/`FindItem`/`SyncFolderItems`), and
+//! notifications POSTed to callbacks the way Exchange does (validation handshake, keep-alive
+//! status events, retries, lifecycle events), deterministic for a given seed.
+//!
+//! Used in-process by integration tests through [`Simulator::start`] and [`Control`], and by
+//! `rooms-sync simulate` through [`run`]. Time-based behaviour (push retries, status
+//! frequency, token lifetime) is divided by [`SimulatorConfig::time_scale`] so tests can run
+//! an hour of Exchange in seconds.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub mod busy;
+pub mod calendar;
+pub mod control;
+pub mod ews;
+pub mod graph;
+pub mod oauth;
+pub mod push;
+pub(crate) mod xml;
+
+#[cfg(test)]
+mod tests;
+
+pub use calendar::{Meeting, Recurrence};
+pub use control::{
+    Backend, Control, EwsSubscriptionSnapshot, Fault, GraphSubscriptionSnapshot, LifecycleKind,
+    PushRecord, RequestRecord,
+};
+
+/// How to run a simulator.
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    /// Where to listen; must be a loopback address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Seeds ids, tokens and the busy-office generator.
+    pub seed: u64,
+    /// Divides push retry delays, status frequency and token lifetime: 60.0 makes a minute a
+    /// second.
+    pub time_scale: f64,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Room SMTP addresses known at start (more are created by booking into them).
+    pub rooms: Vec<String>,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7070),
+            seed: 1,
+            time_scale: 1.0,
+            tenant_id: "sim-tenant".to_owned(),
+            client_id: "sim-client".to_owned(),
+            client_secret: "sim-secret".to_owned(),
+            rooms: (1..=3).map(|i| format!("room{i}@sim.example")).collect(),
+        }
+    }
+}
+
+/// Why the simulator refused something.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("the simulator listens on loopback only, not {0}")]
+    NotLoopback(SocketAddr),
+    #[error("time_scale must be a positive finite number")]
+    BadTimeScale,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("unknown room {0}")]
+    UnknownRoom(String),
+    #[error("unknown item {0}")]
+    UnknownItem(String),
+    #[error("unknown subscription {0}")]
+    UnknownSubscription(String),
+    #[error("invalid meeting: {0}")]
+    InvalidMeeting(String),
+}
+
+/// The entry point.
+#[derive(Debug)]
+pub struct Simulator;
+
+impl Simulator {
+    /// Binds the listener and serves until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    ///
+    /// A non-loopback address, a bad time scale, or a failed bind.
+    pub async fn start(
+        config: SimulatorConfig,
+        shutdown: CancellationToken,
+    ) -> Result<SimulatorHandle, SimError> {
+        if !config.listen.ip().is_loopback() {
+            return Err(SimError::NotLoopback(config.listen));
+        }
+        if !(config.time_scale.is_finite() && config.time_scale > 0.0) {
+            return Err(SimError::BadTimeScale);
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let base_url = format!("http://{addr}");
+        let shared = Shared::new(config, base_url.clone(), shutdown.clone());
+        let control = Control::new(Arc::clone(&shared));
+        let app = router(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "simulator server stopped");
+            }
+        });
+        Ok(SimulatorHandle {
+            base_url,
+            control,
+            server,
+        })
+    }
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct SimulatorHandle {
+    base_url: String,
+    control: Control,
+    server: JoinHandle<()>,
+}
+
+impl SimulatorHandle {
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// The server task; it ends after the shutdown token is cancelled.
+    pub fn wait(self) -> JoinHandle<()> {
+        self.server
+    }
+}
+
+/// Everything the handlers and background tasks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: SimulatorConfig,
+    pub(crate) base_url: String,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) http: reqwest::Client,
+    pub(crate) state: Mutex<SimState>,
+    /// Bumped after every calendar change so EWS subscription tasks wake up.
+    pub(crate) ews_tick: watch::Sender<u64>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+/// Most request and push records kept; older ones are dropped first.
+pub(crate) const MAX_RECORDS: usize = 20_000;
+
+/// Mutable state behind one lock. It is never held across an await.
+#[derive(Debug)]
+pub(crate) struct SimState {
+    pub(crate) cal: calendar::Calendars,
+    pub(crate) rng: busy::SplitMix64,
+    pub(crate) tokens: HashMap<String, oauth::Token>,
+    pub(crate) graph_subs: BTreeMap<String, graph::GraphSub>,
+    pub(crate) ews_subs: BTreeMap<String, ews::EwsSub>,
+    pub(crate) pages: HashMap<String, graph::Page>,
+    pub(crate) delta_links: HashMap<String, graph::DeltaState>,
+    pub(crate) faults: control::Faults,
+    pub(crate) requests: VecDeque<RequestRecord>,
+    pub(crate) pushes: VecDeque<PushRecord>,
+}
+
+impl SimState {
+    pub(crate) fn record_push(&mut self, record: PushRecord) {
+        if self.pushes.len() >= MAX_RECORDS {
+            self.pushes.pop_front();
+        }
+        self.pushes.push_back(record);
+    }
+}
+
+impl Shared {
+    fn new(config: SimulatorConfig, base_url: String, shutdown: CancellationToken) -> Arc<Self> {
+        let state = SimState {
+            cal: calendar::Calendars::new(config.seed, &config.rooms),
+            rng: busy::SplitMix64::new(config.seed),
+            tokens: HashMap::new(),
+            graph_subs: BTreeMap::new(),
+            ews_subs: BTreeMap::new(),
+            pages: HashMap::new(),
+            delta_links: HashMap::new(),
+            faults: control::Faults::default(),
+            requests: VecDeque::new(),
+            pushes: VecDeque::new(),
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Arc::new(Self {
+            config,
+            base_url,
+            shutdown,
+            http,
+            state: Mutex::new(state),
+            ews_tick: watch::channel(0).0,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The state lock. A panic while holding it cannot leave the simulator's data in a
+    /// state worse than the panic itself, so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A simulated duration turned into wall-clock time.
+    pub(crate) fn scaled(&self, simulated: Duration) -> Duration {
+        simulated.div_f64(self.config.time_scale)
+    }
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// The whole HTTP surface: token endpoint, Graph, EWS and the control API.
+pub fn router_for(control: &Control) -> Router {
+    router(control.shared())
+}
+
+pub(crate) fn router(shared: AppState) -> Router {
+    Router::new()
+        .merge(oauth::routes())
+        .merge(graph::routes(Arc::clone(&shared)))
+        .merge(ews::routes(Arc::clone(&shared)))
+        .merge(control::routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            record_request,
+        ))
+        .with_state(shared)
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "no such simulated endpoint").into_response()
+}
+
+/// Records every request outside the control API with the status it got.
+async fn record_request(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let at = Utc::now();
+    let response = next.run(request).await;
+    if !path.starts_with("/_sim/") {
+        let mut state = shared.lock();
+        if state.requests.len() >= MAX_RECORDS {
+            state.requests.pop_front();
+        }
+        state.requests.push_back(RequestRecord {
+            method,
+            path,
+            at,
+            status: response.status().as_u16(),
+        });
+    }
+    response
+}
+
+/// Whether the request carries a live bearer token from the token endpoint.
+pub(crate) fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let state = shared.lock();
+    state
+        .tokens
+        .get(token.trim())
+        .is_some_and(|t| t.expires_at > tokio::time::Instant::now())
+}
+
+/// Graph's `dateTime` shape: seven fraction digits, no offset (the zone travels apart).
+pub(crate) fn graph_datetime(at: DateTime<Utc>) -> String {
+    // chrono has no seven-digit fraction specifier; Graph writes 100 ns ticks.
+    format!(
+        "{}.{:07}",
+        at.format("%Y-%m-%dT%H:%M:%S"),
+        at.timestamp_subsec_nanos() / 100
+    )
+}
+
+/// Graph's `DateTimeOffset` shape in UTC, e.g. `2026-03-02T10:00:00.1234567Z`.
+pub(crate) fn odata_time(at: DateTime<Utc>) -> String {
+    format!("{}Z", graph_datetime(at))
+}
+
+/// `xs:dateTime` in UTC with `Z`, as EWS writes it.
+pub(crate) fn ews_datetime(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// A JSON body with a status.
+pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// Command-line arguments of `rooms-sync simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Address to listen on; loopback only.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Seed for ids, tokens and the busy-office generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Divides push retry delays, status frequency and token lifetime (60 = a minute per second).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Room mailboxes (comma-separated SMTP addresses).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "room1@sim.example,room2@sim.example,room3@sim.example"
+    )]
+    pub rooms: Vec<String>,
+    /// Busy-office mode: how many of the rooms get random bookings (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub busy_rooms: usize,
+    /// Busy-office mode: changes per minute across the busy rooms.
+    #[arg(long, default_value_t = 6.0)]
+    pub busy_rate: f64,
+}
+
+/// The settings that point `rooms-sync serve` at a simulator, one `KEY=value` per line.
+pub fn serve_environment(base_url: &str, config: &SimulatorConfig) -> String {
+    format!(
+        "GraphBaseUrl={base_url}/v1.0\nAzureAuthorityHost={base_url}\nEwsUrl={base_url}/EWS/Exchange.asmx\nAzureTenantId={}\nAzureClientId={}\nAzureClientSecret={}\nExchangeRoomMailboxes={}\n",
+        config.tenant_id,
+        config.client_id,
+        config.client_secret,
+        config.rooms.join(",")
+    )
+}
+
+/// Runs `rooms-sync simulate` until `shutdown` is cancelled.
+///
+/// # Errors
+///
+/// A non-loopback `--listen`, bad numbers, or a failed bind.
+pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {} is not a loopback address; the simulator serves loopback only",
+            args.listen
+        );
+    }
+    if !(args.busy_rate.is_finite() && args.busy_rate > 0.0) {
+        anyhow::bail!("--busy-rate must be a positive number of changes per minute");
+    }
+    let rooms: Vec<String> = args
+        .rooms
+        .iter()
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .collect();
+    if rooms.is_empty() {
+        anyhow::bail!("--rooms names no room");
+    }
+    let config = SimulatorConfig {
+        listen: args.listen,
+        seed: args.seed,
+        time_scale: args.time_scale,
+        rooms,
+        ..SimulatorConfig::default()
+    };
+    let handle = Simulator::start(config.clone(), shutdown.clone()).await?;
+    println!("Exchange simulator listening on {}", handle.base_url());
+    println!("Point `rooms-sync serve` at it with:");
+    print!("{}", serve_environment(handle.base_url(), &config));
+    println!(
+        "(for EwsAuth=basic: EwsUsername={} EwsPassword={})",
+        ews::EWS_BASIC_USER,
+        ews::EWS_BASIC_PASSWORD
+    );
+    if args.busy_rooms > 0 {
+        let busy: Vec<String> = config.rooms.iter().take(args.busy_rooms).cloned().collect();
+        busy::spawn_busy_office(
+            handle.control().clone(),
+            busy,
+            args.busy_rate,
+            shutdown.clone(),
+        );
+    }
+    handle.wait().await?;
+    Ok(())
+}

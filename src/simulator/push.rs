@@ -1,0 +1,407 @@
+//! Outbound notifications: Graph change and lifecycle notifications POSTed as JSON with
+//! bounded, backed-off retries, and one task per EWS push subscription that sends
+//! `SendNotification` batches and `StatusEvent` keep-alives, retries a failed delivery at
+//! 30 s doubling until the interval exceeds the `StatusFrequency` (then the subscription is
+//! dead, as in Exchange), and ends on an `Unsubscribe` reply. Every attempt is recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::calendar::Applied;
+use super::control::{Backend, LifecycleKind, PushRecord};
+use super::ews::{self, OutEvent};
+use super::graph::purge_expired;
+use super::{Shared, SimError, odata_time};
+use crate::soap::SubscriptionStatus;
+
+/// Graph deliveries attempted per notification before it is given up.
+pub(crate) const GRAPH_MAX_ATTEMPTS: u32 = 4;
+/// First retry delay (simulated time) for both backends; it doubles each time.
+pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(30);
+/// How long a callback may take to answer (real time).
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most events in one `SendNotification`; the rest follow with `MoreEvents` set.
+const MAX_EVENTS_PER_NOTIFICATION: usize = 50;
+
+/// Takes one pending `FailPushes` fault, if any.
+fn take_push_failure(shared: &Shared) -> bool {
+    let mut state = shared.lock();
+    if state.faults.fail_pushes > 0 {
+        state.faults.fail_pushes -= 1;
+        true
+    } else {
+        false
+    }
+}
+
+/// Takes one pending `DuplicatePushes` fault, if any.
+fn take_duplicate(shared: &Shared) -> bool {
+    let mut state = shared.lock();
+    if state.faults.duplicate_pushes > 0 {
+        state.faults.duplicate_pushes -= 1;
+        true
+    } else {
+        false
+    }
+}
+
+/// Fans a calendar change out: Graph notifications to every live subscription of the room
+/// that asked for this change type, and a wake-up for the EWS subscription tasks.
+pub(crate) fn on_change(shared: &Arc<Shared>, applied: &Applied) {
+    let deliveries: Vec<(String, String, Value)> = {
+        let mut state = shared.lock();
+        purge_expired(&mut state);
+        let tenant = shared.config.tenant_id.clone();
+        state
+            .graph_subs
+            .values()
+            .filter(|s| {
+                s.room == applied.room && s.change_types.iter().any(|c| c == applied.kind.graph())
+            })
+            .map(|s| {
+                let resource = format!("Users/{}/Events/{}", applied.room, applied.item.id);
+                let body = json!({
+                    "value": [{
+                        "subscriptionId": s.id,
+                        "subscriptionExpirationDateTime": odata_time(s.expiration),
+                        "changeType": applied.kind.graph(),
+                        "resource": resource,
+                        "resourceData": {
+                            "@odata.type": "#Microsoft.Graph.Event",
+                            "@odata.id": resource,
+                            "@odata.etag": applied.item.etag(),
+                            "id": applied.item.id,
+                        },
+                        "clientState": s.client_state,
+                        "tenantId": tenant,
+                    }]
+                });
+                (s.id.clone(), s.notification_url.clone(), body)
+            })
+            .collect()
+    };
+    for (sub_id, url, body) in deliveries {
+        let kind = applied.kind.graph().to_owned();
+        let shared2 = Arc::clone(shared);
+        shared.runtime.spawn(async move {
+            deliver_graph(&shared2, &sub_id, &url, body.to_string(), &kind).await;
+        });
+    }
+    shared.ews_tick.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Sends a lifecycle notification for a Graph subscription now.
+pub(crate) fn send_lifecycle(
+    shared: &Arc<Shared>,
+    subscription_id: &str,
+    kind: LifecycleKind,
+) -> Result<(), SimError> {
+    let (url, body) = {
+        let mut state = shared.lock();
+        let sub = state
+            .graph_subs
+            .get(subscription_id)
+            .cloned()
+            .ok_or_else(|| SimError::UnknownSubscription(subscription_id.to_owned()))?;
+        if kind == LifecycleKind::SubscriptionRemoved {
+            state.graph_subs.remove(subscription_id);
+        }
+        let body = json!({
+            "value": [{
+                "lifecycleEvent": kind.as_str(),
+                "subscriptionId": sub.id,
+                "subscriptionExpirationDateTime": odata_time(sub.expiration),
+                "clientState": sub.client_state,
+                "tenantId": shared.config.tenant_id,
+            }]
+        });
+        (
+            sub.lifecycle_url.unwrap_or(sub.notification_url),
+            body.to_string(),
+        )
+    };
+    let shared2 = Arc::clone(shared);
+    let sub_id = subscription_id.to_owned();
+    shared.runtime.spawn(async move {
+        deliver_graph(&shared2, &sub_id, &url, body, kind.as_str()).await;
+    });
+    Ok(())
+}
+
+/// Sleeps `simulated` scaled time; `false` when the simulator is shutting down.
+async fn pause(shared: &Shared, simulated: Duration) -> bool {
+    tokio::select! {
+        () = shared.shutdown.cancelled() => false,
+        () = tokio::time::sleep(shared.scaled(simulated)) => true,
+    }
+}
+
+/// One Graph POST; the status, or `None` when no answer came.
+async fn post_graph(shared: &Shared, url: &str, body: &str) -> Option<u16> {
+    shared
+        .http
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .timeout(PUSH_TIMEOUT)
+        .body(body.to_owned())
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// POSTs one Graph notification, retrying non-2xx answers with doubling delays.
+async fn deliver_graph(shared: &Arc<Shared>, sub_id: &str, url: &str, body: String, kind: &str) {
+    let record = |attempt: u32, status: Option<u16>, kind: String| {
+        shared.lock().record_push(PushRecord {
+            backend: Backend::Graph,
+            url: url.to_owned(),
+            subscription_id: sub_id.to_owned(),
+            kind,
+            attempt,
+            status,
+            at: Utc::now(),
+            body: body.clone(),
+        });
+    };
+    let mut delay = FIRST_RETRY;
+    for attempt in 1..=GRAPH_MAX_ATTEMPTS {
+        let status = if take_push_failure(shared) {
+            None
+        } else {
+            post_graph(shared, url, &body).await
+        };
+        record(attempt, status, kind.to_owned());
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            if take_duplicate(shared) {
+                let again = post_graph(shared, url, &body).await;
+                record(attempt, again, format!("{kind} (duplicate)"));
+            }
+            return;
+        }
+        if attempt == GRAPH_MAX_ATTEMPTS || !pause(shared, delay).await {
+            return;
+        }
+        delay *= 2;
+    }
+}
+
+/// Starts the delivery task of a new EWS push subscription.
+pub(crate) fn spawn_ews_subscription(shared: &Arc<Shared>, sub_id: String) {
+    let shared2 = Arc::clone(shared);
+    shared.runtime.spawn(async move {
+        ews_subscription_task(shared2, sub_id).await;
+    });
+}
+
+/// What the next `SendNotification` of a subscription holds.
+struct Batch {
+    url: String,
+    body: String,
+    kind: &'static str,
+    last_pos: u64,
+    last_watermark: String,
+    status_frequency: u32,
+}
+
+/// Builds the next batch: pending events after the cursor, or (when `status` and nothing is
+/// pending) a status event. `None` when there is nothing to send or the subscription ended.
+fn next_batch(shared: &Shared, sub_id: &str, status: bool) -> Option<Batch> {
+    let mut state = shared.lock();
+    let state = &mut *state;
+    let sub = state.ews_subs.get_mut(sub_id).filter(|s| s.alive)?;
+    let room = state.cal.room(&sub.room)?;
+    let pending: Vec<_> = room.ews_log.iter().filter(|e| e.pos > sub.cursor).collect();
+    let wanted: Vec<_> = pending
+        .iter()
+        .filter(|e| sub.event_types.contains(&e.kind))
+        .take(MAX_EVENTS_PER_NOTIFICATION)
+        .collect();
+    if wanted.is_empty() {
+        // Events the subscription did not ask for still move its position.
+        if let Some(last) = pending.last() {
+            sub.cursor = last.pos;
+        }
+        if !status {
+            return None;
+        }
+        sub.status_nonce += 1;
+        let wm = ews::watermark(sub.room_number, sub.cursor, sub.status_nonce);
+        let events = [OutEvent {
+            event: None,
+            watermark: wm.clone(),
+        }];
+        let body = ews::send_notification_xml(room, &sub.id, &sub.last_watermark, false, &events);
+        return Some(Batch {
+            url: sub.url.clone(),
+            body,
+            kind: "status",
+            last_pos: sub.cursor,
+            last_watermark: wm,
+            status_frequency: sub.status_frequency,
+        });
+    }
+    let more = pending
+        .iter()
+        .filter(|e| sub.event_types.contains(&e.kind))
+        .count()
+        > wanted.len();
+    let events: Vec<OutEvent> = wanted
+        .iter()
+        .map(|e| OutEvent {
+            event: Some((**e).clone()),
+            watermark: ews::watermark(sub.room_number, e.pos, 0),
+        })
+        .collect();
+    let last_pos = wanted.last().map_or(sub.cursor, |e| e.pos);
+    let last_watermark = events
+        .last()
+        .map(|e| e.watermark.clone())
+        .unwrap_or_default();
+    let body = ews::send_notification_xml(room, &sub.id, &sub.last_watermark, more, &events);
+    Some(Batch {
+        url: sub.url.clone(),
+        body,
+        kind: "notification",
+        last_pos,
+        last_watermark,
+        status_frequency: sub.status_frequency,
+    })
+}
+
+fn end_subscription(shared: &Shared, sub_id: &str, why: &str) {
+    if let Some(sub) = shared.lock().ews_subs.get_mut(sub_id) {
+        sub.alive = false;
+        sub.ended_by = Some(why.to_owned());
+    }
+}
+
+/// Outcome of delivering one batch with Exchange's retry schedule.
+enum Delivered {
+    Ok,
+    Unsubscribe,
+    GaveUp,
+    Shutdown,
+}
+
+/// One `SendNotification` POST: the HTTP status (`None` without an answer) and the
+/// subscription status read from a 200 reply.
+async fn post_ews(shared: &Shared, batch: &Batch) -> (Option<u16>, Option<SubscriptionStatus>) {
+    let sent = shared
+        .http
+        .post(&batch.url)
+        .header(header::CONTENT_TYPE, "text/xml; charset=utf-8")
+        .header(header::ACCEPT, "text/xml")
+        .header(
+            "SOAPAction",
+            "http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification",
+        )
+        .timeout(PUSH_TIMEOUT)
+        .body(batch.body.clone())
+        .send()
+        .await;
+    match sent {
+        Err(_) => (None, None),
+        Ok(r) => {
+            let code = r.status();
+            let body = r.bytes().await.unwrap_or_default();
+            let reply = if code.as_u16() == 200 {
+                ews::parse_reply(&body)
+            } else {
+                None
+            };
+            (Some(code.as_u16()), reply)
+        }
+    }
+}
+
+async fn deliver_ews(shared: &Shared, sub_id: &str, batch: &Batch) -> Delivered {
+    let record = |attempt: u32, status: Option<u16>, kind: String| {
+        shared.lock().record_push(PushRecord {
+            backend: Backend::Ews,
+            url: batch.url.clone(),
+            subscription_id: sub_id.to_owned(),
+            kind,
+            attempt,
+            status,
+            at: Utc::now(),
+            body: batch.body.clone(),
+        });
+    };
+    let window = Duration::from_secs(u64::from(batch.status_frequency) * 60);
+    let mut interval = FIRST_RETRY;
+    let mut attempt = 1;
+    loop {
+        let (status, reply) = if take_push_failure(shared) {
+            (None, None)
+        } else {
+            post_ews(shared, batch).await
+        };
+        record(attempt, status, batch.kind.to_owned());
+        match reply {
+            Some(SubscriptionStatus::Ok) => {
+                if take_duplicate(shared) {
+                    // The duplicate's reply is ignored: the batch is already delivered.
+                    let (again, _) = post_ews(shared, batch).await;
+                    record(attempt, again, format!("{} (duplicate)", batch.kind));
+                }
+                return Delivered::Ok;
+            }
+            Some(SubscriptionStatus::Unsubscribe) => return Delivered::Unsubscribe,
+            None => {}
+        }
+        // 30 s, 60 s, 120 s… while the interval stays within the StatusFrequency.
+        if interval > window {
+            return Delivered::GaveUp;
+        }
+        if !pause(shared, interval).await {
+            return Delivered::Shutdown;
+        }
+        interval *= 2;
+        attempt += 1;
+    }
+}
+
+async fn ews_subscription_task(shared: Arc<Shared>, sub_id: String) {
+    let mut tick = shared.ews_tick.subscribe();
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        let frequency = match shared.lock().ews_subs.get(&sub_id) {
+            Some(s) if s.alive => s.status_frequency,
+            _ => return,
+        };
+        let status_every = shared.scaled(Duration::from_secs(u64::from(frequency) * 60));
+        let due = last_sent + status_every;
+        let status_due = tokio::time::Instant::now() >= due;
+        let Some(batch) = next_batch(&shared, &sub_id, status_due) else {
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                changed = tick.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep_until(due) => {}
+            }
+            continue;
+        };
+        match deliver_ews(&shared, &sub_id, &batch).await {
+            Delivered::Ok => {
+                if let Some(sub) = shared.lock().ews_subs.get_mut(&sub_id) {
+                    sub.cursor = batch.last_pos;
+                    sub.last_watermark = batch.last_watermark.clone();
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            Delivered::Unsubscribe => {
+                end_subscription(&shared, &sub_id, "unsubscribe");
+                return;
+            }
+            Delivered::GaveUp => {
+                end_subscription(&shared, &sub_id, "retries exhausted");
+                return;
+            }
+            Delivered::Shutdown => return,
+        }
+    }
+}

@@ -1,0 +1,1437 @@
+//! Over-the-wire tests of the simulator: a real simulator on loopback, real HTTP clients,
+//! and a tiny axum receiver playing the callback that Graph and EWS push to. Time runs 600
+//! times faster than Exchange's (30 s of retry delay is 50 ms here).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::xml::{self, Node};
+use super::*;
+use crate::graph::notification::{GraphKind, parse_notification_collection, validation_token};
+use crate::soap::{
+    EventKind, NotificationMessage, SubscriptionStatus, parse_send_notification,
+    send_notification_result,
+};
+
+const SCALE: f64 = 600.0;
+const ROOM: &str = "room1@sim.example";
+
+// ---- harness ---------------------------------------------------------------
+
+struct Sim {
+    handle: SimulatorHandle,
+    http: reqwest::Client,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Sim {
+    async fn start() -> Self {
+        let shutdown = CancellationToken::new();
+        let config = SimulatorConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            time_scale: SCALE,
+            ..SimulatorConfig::default()
+        };
+        let handle = Simulator::start(config, shutdown.clone()).await.unwrap();
+        Self {
+            handle,
+            http: reqwest::Client::new(),
+            _stop: shutdown.drop_guard(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.handle.base_url())
+    }
+
+    fn control(&self) -> &Control {
+        self.handle.control()
+    }
+
+    async fn token_with(&self, secret: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/sim-tenant/oauth2/v2.0/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "sim-client"),
+                ("client_secret", secret),
+                ("scope", "https://graph.microsoft.com/.default"),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn token(&self) -> String {
+        let body: Value = self.token_with("sim-secret").await.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn graph_get(&self, url: &str, prefer: Option<&str>) -> (StatusCode, Value) {
+        let token = self.token().await;
+        let mut req = self.http.get(url).bearer_auth(token);
+        if let Some(p) = prefer {
+            req = req.header("Prefer", p);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn create_subscription(&self, body: &Value) -> (StatusCode, Value) {
+        let token = self.token().await;
+        let r = self
+            .http
+            .post(self.url("/v1.0/subscriptions"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends an EWS operation impersonating `room`; returns the status and the parsed body.
+    async fn ews(&self, room: &str, operation: &str) -> (StatusCode, Node) {
+        let token = self.token().await;
+        let body = format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"><soap:Header><t:RequestServerVersion Version="Exchange2016"/><t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>{room}</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></soap:Header><soap:Body>{operation}</soap:Body></soap:Envelope>"#
+        );
+        let r = self
+            .http
+            .post(self.url("/EWS/Exchange.asmx"))
+            .bearer_auth(token)
+            .header("Content-Type", "text/xml; charset=utf-8")
+            .header("X-AnchorMailbox", room)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.bytes().await.unwrap();
+        (status, xml::parse(&text).unwrap())
+    }
+
+    async fn ews_subscribe(&self, url: &str, frequency: u32, watermark: Option<&str>) -> Node {
+        let wm = watermark
+            .map(|w| format!("<t:Watermark>{w}</t:Watermark>"))
+            .unwrap_or_default();
+        let op = format!(
+            r#"<m:Subscribe><m:PushSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="calendar"/></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType><t:EventType>ModifiedEvent</t:EventType><t:EventType>DeletedEvent</t:EventType><t:EventType>MovedEvent</t:EventType></t:EventTypes>{wm}<t:StatusFrequency>{frequency}</t:StatusFrequency><t:URL>{url}</t:URL></m:PushSubscriptionRequest></m:Subscribe>"#
+        );
+        let (status, body) = self.ews(ROOM, &op).await;
+        assert_eq!(status, StatusCode::OK);
+        body.path(&[
+            "Body",
+            "SubscribeResponse",
+            "ResponseMessages",
+            "SubscribeResponseMessage",
+        ])
+        .unwrap()
+        .clone()
+    }
+}
+
+/// Waits until the simulator has recorded `n` push attempts: it records an attempt only
+/// after the answer arrived, which is after the receiver saw the request.
+async fn wait_pushes(control: &Control, n: usize) -> Vec<PushRecord> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pushes = control.pushes();
+        if pushes.len() >= n {
+            return pushes;
+        }
+        assert!(Instant::now() < deadline, "only {pushes:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn at(day: u32, hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, day, hour, 0, 0).unwrap()
+}
+
+fn meeting(subject: &str, day: u32, hour: u32) -> Meeting {
+    Meeting {
+        subject: subject.to_owned(),
+        organizer: "alice@sim.example".to_owned(),
+        start: at(day, hour),
+        end: at(day, hour + 1),
+        is_all_day: false,
+        location: "Room 1".to_owned(),
+    }
+}
+
+fn expiration(minutes: i64) -> String {
+    (Utc::now() + TimeDelta::minutes(minutes)).to_rfc3339()
+}
+
+/// What the callback answers to notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Ok,
+    Unsubscribe,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    query: String,
+    content_type: String,
+    body: String,
+    at: Instant,
+}
+
+#[derive(Debug)]
+struct RxState {
+    received: Vec<Received>,
+    /// Paths whose handshake is answered with the wrong text.
+    wrong_echo: Vec<String>,
+    reply: Reply,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    base: String,
+    state: Arc<Mutex<RxState>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let state = Arc::new(Mutex::new(RxState {
+            received: Vec::new(),
+            wrong_echo: Vec::new(),
+            reply: Reply::Ok,
+        }));
+        let app = Router::new()
+            .fallback(receive)
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { base, state }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn set_reply(&self, reply: Reply) {
+        self.state.lock().unwrap().reply = reply;
+    }
+
+    fn wrong_echo_on(&self, path: &str) {
+        self.state.lock().unwrap().wrong_echo.push(path.to_owned());
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Notifications (not handshakes) received on `path`.
+    fn notifications(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path && !r.query.contains("validationToken"))
+            .collect()
+    }
+
+    async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.received();
+            if done(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {got:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<RxState>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = uri.query().unwrap_or_default().to_owned();
+    let path = uri.path().to_owned();
+    let (wrong, reply) = {
+        let mut s = state.lock().unwrap();
+        s.received.push(Received {
+            path: path.clone(),
+            query: query.clone(),
+            content_type: headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            at: Instant::now(),
+        });
+        (s.wrong_echo.contains(&path), s.reply)
+    };
+    if let Ok(Some(token)) = validation_token(&query) {
+        let echo = if wrong {
+            "not the token".to_owned()
+        } else {
+            token
+        };
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], echo).into_response();
+    }
+    if path.starts_with("/ews") {
+        return match reply {
+            Reply::Ok => (
+                StatusCode::OK,
+                send_notification_result(SubscriptionStatus::Ok),
+            )
+                .into_response(),
+            Reply::Unsubscribe => (
+                StatusCode::OK,
+                send_notification_result(SubscriptionStatus::Unsubscribe),
+            )
+                .into_response(),
+            Reply::Fail => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        };
+    }
+    match reply {
+        Reply::Fail => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Reply::Ok | Reply::Unsubscribe => StatusCode::ACCEPTED.into_response(),
+    }
+}
+
+fn subscription_body(rx: &Receiver, minutes: i64) -> Value {
+    json!({
+        "changeType": "created,updated,deleted",
+        "notificationUrl": rx.url("/graph"),
+        "lifecycleNotificationUrl": rx.url("/lifecycle"),
+        "resource": format!("/users/{ROOM}/events"),
+        "expirationDateTime": expiration(minutes),
+        "clientState": "secret-client-state",
+    })
+}
+
+// ---- OAuth -----------------------------------------------------------------
+
+#[tokio::test]
+async fn the_token_endpoint_refuses_a_wrong_secret_with_invalid_client() {
+    let sim = Sim::start().await;
+    let r = sim.token_with("wrong").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+    let ok: Value = sim.token_with("sim-secret").await.json().await.unwrap();
+    assert_eq!(ok["token_type"], "Bearer");
+    assert!(ok["expires_in"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn graph_and_ews_calls_without_a_valid_token_get_401() {
+    let sim = Sim::start().await;
+    let r = sim
+        .http
+        .get(sim.url("/v1.0/subscriptions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+    let r = sim
+        .http
+        .get(sim.url("/v1.0/subscriptions"))
+        .bearer_auth("forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = sim
+        .http
+        .post(sim.url("/EWS/Exchange.asmx"))
+        .body("<x/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_refused_until_a_new_one_is_fetched() {
+    let sim = Sim::start().await;
+    let token = sim.token().await;
+    sim.control().inject(Fault::WrongTokens).unwrap();
+    let r = sim
+        .http
+        .get(sim.url("/v1.0/subscriptions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = sim.graph_get(&sim.url("/v1.0/subscriptions"), None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+// ---- Graph subscriptions -----------------------------------------------------
+
+#[tokio::test]
+async fn the_handshake_is_really_performed_on_both_urls_and_a_wrong_echo_fails_creation() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (status, body) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["clientState"], "secret-client-state");
+    let handshakes: Vec<Received> = rx
+        .received()
+        .into_iter()
+        .filter(|r| r.query.starts_with("validationToken="))
+        .collect();
+    assert_eq!(
+        handshakes
+            .iter()
+            .map(|r| r.path.as_str())
+            .collect::<Vec<_>>(),
+        ["/graph", "/lifecycle"]
+    );
+    assert!(handshakes[0].content_type.starts_with("text/plain"));
+    let token = validation_token(&handshakes[0].query).unwrap().unwrap();
+    assert!(token.contains(' '), "a real sentence, URL-encoded: {token}");
+
+    let rx2 = Receiver::start().await;
+    rx2.wrong_echo_on("/graph");
+    let (status, body) = sim
+        .create_subscription(&subscription_body(&rx2, 4200))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "ValidationError");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Subscription validation request failed")
+    );
+
+    let rx3 = Receiver::start().await;
+    rx3.wrong_echo_on("/lifecycle");
+    let (status, _) = sim
+        .create_subscription(&subscription_body(&rx3, 4200))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(sim.control().graph_subscriptions().len(), 1);
+}
+
+#[tokio::test]
+async fn lifetimes_outside_45_to_10080_minutes_are_refused_and_a_duplicate_gets_409() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    for minutes in [10, 43, 10_081, 20_000] {
+        let (status, body) = sim
+            .create_subscription(&subscription_body(&rx, minutes))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{minutes}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("minutes")
+        );
+    }
+    assert!(
+        rx.received().is_empty(),
+        "no handshake for a refused lifetime"
+    );
+    let (status, _) = sim.create_subscription(&subscription_body(&rx, 45)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = sim
+        .create_subscription(&subscription_body(&rx, 10_079))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already exists")
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_can_be_renewed_listed_and_deleted_and_unknown_ids_get_404() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (_, created) = sim.create_subscription(&subscription_body(&rx, 60)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let token = sim.token().await;
+    let r = sim
+        .http
+        .patch(sim.url(&format!("/v1.0/subscriptions/{id}")))
+        .bearer_auth(&token)
+        .json(&json!({ "expirationDateTime": expiration(4000) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let renewed = sim.control().graph_subscriptions()[0].expiration_date_time;
+    assert!(renewed > Utc::now() + TimeDelta::minutes(3990));
+    assert_eq!(rx.notifications("/graph").len(), 0);
+    assert_eq!(
+        rx.received().len(),
+        3,
+        "create validates two URLs, renew one"
+    );
+    let (status, list) = sim.graph_get(&sim.url("/v1.0/subscriptions"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["value"][0]["id"], id.as_str());
+    assert_eq!(list["value"][0]["clientState"], Value::Null);
+    let r = sim
+        .http
+        .delete(sim.url(&format!("/v1.0/subscriptions/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (status, body) = sim
+        .graph_get(&sim.url(&format!("/v1.0/subscriptions/{id}")), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "ResourceNotFound");
+}
+
+#[tokio::test]
+async fn a_created_meeting_pushes_a_graph_notification_that_the_project_parser_accepts() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (_, sub) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("Planning", 2, 10))
+        .unwrap();
+    let got = rx
+        .wait_for("a change notification", |r| {
+            r.iter()
+                .any(|r| r.path == "/graph" && !r.query.contains("validationToken"))
+        })
+        .await;
+    let push = got
+        .iter()
+        .find(|r| r.path == "/graph" && r.query.is_empty())
+        .unwrap();
+    assert_eq!(push.content_type, "application/json");
+    let parsed = parse_notification_collection(push.body.as_bytes()).unwrap();
+    assert_eq!(parsed.len(), 1);
+    let n = &parsed[0];
+    assert_eq!(n.subscription_id, sub["id"].as_str().unwrap());
+    assert_eq!(n.client_state.as_deref(), Some("secret-client-state"));
+    assert_eq!(n.kind, GraphKind::Created);
+    assert_eq!(n.resource_id.as_deref(), Some(id.as_str()));
+    assert_eq!(n.tenant_id.as_deref(), Some("sim-tenant"));
+    let (status, event) = sim
+        .graph_get(&sim.url(&format!("/v1.0/users/{ROOM}/events/{id}")), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(event["subject"], "Planning");
+    assert_eq!(event["type"], "singleInstance");
+    assert_eq!(event["start"]["timeZone"], "UTC");
+    let (status, body) = sim
+        .graph_get(&sim.url(&format!("/v1.0/users/{ROOM}/events/nope")), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "ErrorItemNotFound");
+}
+
+#[tokio::test]
+async fn a_lifecycle_event_goes_to_the_lifecycle_url_and_parses_as_lifecycle() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (_, sub) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    sim.control()
+        .inject(Fault::LifecycleEvent {
+            subscription_id: id.clone(),
+            lifecycle: LifecycleKind::SubscriptionRemoved,
+        })
+        .unwrap();
+    let got = rx
+        .wait_for("a lifecycle notification", |r| {
+            r.iter()
+                .any(|r| r.path == "/lifecycle" && r.query.is_empty())
+        })
+        .await;
+    let body = &got
+        .iter()
+        .find(|r| r.path == "/lifecycle" && r.query.is_empty())
+        .unwrap()
+        .body;
+    let parsed = parse_notification_collection(body.as_bytes()).unwrap();
+    assert!(parsed[0].kind.is_lifecycle());
+    assert_eq!(parsed[0].subscription_id, id);
+    assert!(sim.control().graph_subscriptions().is_empty());
+    assert!(
+        sim.control()
+            .inject(Fault::LifecycleEvent {
+                subscription_id: id,
+                lifecycle: LifecycleKind::Missed,
+            })
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn failing_graph_pushes_are_retried_with_scaled_backoff_then_given_up() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    rx.set_reply(Reply::Fail);
+    sim.control()
+        .create_meeting(ROOM, meeting("Retry", 2, 10))
+        .unwrap();
+    let got = rx
+        .wait_for("all attempts", |r| {
+            r.iter()
+                .filter(|r| r.path == "/graph" && r.query.is_empty())
+                .count()
+                == push::GRAPH_MAX_ATTEMPTS as usize
+        })
+        .await;
+    let times: Vec<Instant> = got
+        .iter()
+        .filter(|r| r.path == "/graph" && r.query.is_empty())
+        .map(|r| r.at)
+        .collect();
+    // 30 s, 60 s, 120 s at 600x: 50, 100, 200 ms.
+    for (i, pair) in times.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let expected = Duration::from_millis(50 << i);
+        assert!(gap >= expected - Duration::from_millis(5), "{i}: {gap:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let attempts: Vec<u32> = sim
+        .control()
+        .pushes()
+        .iter()
+        .filter(|p| p.backend == Backend::Graph && p.kind == "created")
+        .map(|p| p.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn an_injected_throttle_answers_429_with_retry_after_for_the_next_calls_only() {
+    let sim = Sim::start().await;
+    sim.control()
+        .inject(Fault::GraphThrottle {
+            count: 2,
+            retry_after_secs: 7,
+        })
+        .unwrap();
+    let token = sim.token().await;
+    for _ in 0..2 {
+        let r = sim
+            .http
+            .get(sim.url("/v1.0/subscriptions"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "7");
+    }
+    let (status, _) = sim.graph_get(&sim.url("/v1.0/subscriptions"), None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+// ---- calendarView and delta ------------------------------------------------------
+
+fn window_query() -> String {
+    "startDateTime=2026-03-01T00:00:00Z&endDateTime=2026-04-01T00:00:00Z".to_owned()
+}
+
+/// Follows nextLinks to the end of a round; returns the values and the deltaLink.
+async fn delta_round(sim: &Sim, first: &str, page: usize) -> (Vec<Value>, String, usize) {
+    let mut url = first.to_owned();
+    let mut values = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, body) = sim
+            .graph_get(&url, Some(&format!("odata.maxpagesize={page}")))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        pages += 1;
+        let items = body["value"].as_array().unwrap();
+        assert!(items.len() <= page);
+        values.extend(items.iter().cloned());
+        if let Some(next) = body["@odata.nextLink"].as_str() {
+            assert!(body.get("@odata.deltaLink").is_none());
+            url = next.to_owned();
+        } else {
+            let link = body["@odata.deltaLink"].as_str().unwrap().to_owned();
+            return (values, link, pages);
+        }
+    }
+}
+
+#[tokio::test]
+async fn delta_rounds_return_exactly_the_changes_since_the_last_link() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let a = c.create_meeting(ROOM, meeting("A", 2, 9)).unwrap();
+    let b = c.create_meeting(ROOM, meeting("B", 3, 9)).unwrap();
+    let keep = c.create_meeting(ROOM, meeting("C", 4, 9)).unwrap();
+    c.create_meeting("room2@sim.example", meeting("Elsewhere", 4, 9))
+        .unwrap();
+    let first = sim.url(&format!(
+        "/v1.0/users/{ROOM}/calendarView/delta?{}",
+        window_query()
+    ));
+    let (values, link, pages) = delta_round(&sim, &first, 2).await;
+    assert_eq!(pages, 2);
+    let ids: Vec<&str> = values.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [a.as_str(), b.as_str(), keep.as_str()]);
+
+    c.move_meeting(ROOM, &a, at(5, 9), at(5, 10)).unwrap();
+    c.delete_meeting(ROOM, &b).unwrap();
+    let d = c.create_meeting(ROOM, meeting("D", 6, 9)).unwrap();
+    let (values, link2, _) = delta_round(&sim, &link, 10).await;
+    assert_eq!(values.len(), 3, "{values:#?}");
+    assert_eq!(values[0]["id"], a.as_str());
+    assert_eq!(
+        values[0]["start"]["dateTime"],
+        "2026-03-05T09:00:00.0000000"
+    );
+    assert_eq!(values[1]["id"], b.as_str());
+    assert_eq!(values[1]["@removed"]["reason"], "deleted");
+    assert_eq!(values[2]["id"], d.as_str());
+
+    let (values, _, _) = delta_round(&sim, &link2, 10).await;
+    assert!(values.is_empty(), "{values:#?}");
+
+    let (status, body) = sim
+        .graph_get(
+            &sim.url(&format!(
+                "/v1.0/users/{ROOM}/calendarView/delta?$deltatoken=unknown"
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(body["error"]["code"], "syncStateNotFound");
+    c.inject(Fault::ExpireDeltaLinks).unwrap();
+    let (status, _) = sim.graph_get(&link2, None).await;
+    assert_eq!(status, StatusCode::GONE);
+}
+
+#[tokio::test]
+async fn a_recurring_series_of_five_appears_as_five_occurrences_in_calendar_view_and_delta() {
+    let sim = Sim::start().await;
+    let master = sim
+        .control()
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 5 })
+        .unwrap();
+    let (status, body) = sim
+        .graph_get(
+            &sim.url(&format!(
+                "/v1.0/users/{ROOM}/calendarView?{}",
+                window_query()
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let view = body["value"].as_array().unwrap();
+    assert_eq!(view.len(), 5);
+    assert!(view.iter().all(|v| v["type"] == "occurrence"));
+    assert!(view.iter().all(|v| v["seriesMasterId"] == master.as_str()));
+    let mut ids: Vec<&str> = view.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 5);
+    let first = sim.url(&format!(
+        "/v1.0/users/{ROOM}/calendarView/delta?{}",
+        window_query()
+    ));
+    let (values, _, _) = delta_round(&sim, &first, 3).await;
+    assert_eq!(values.len(), 5);
+    let (status, occurrence) = sim
+        .graph_get(
+            &sim.url(&format!("/v1.0/users/{ROOM}/events/{}", ids[4])),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        occurrence["start"]["dateTime"],
+        "2026-03-06T08:00:00.0000000"
+    );
+}
+
+// ---- EWS push ----------------------------------------------------------------------
+
+fn notification_of(body: &str) -> crate::soap::Notification {
+    let parsed = parse_send_notification(body.as_bytes()).unwrap();
+    match parsed.messages.into_iter().next().unwrap() {
+        NotificationMessage::Notification(n) => n,
+        NotificationMessage::Error(e) => panic!("{e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_ews_booking_yields_send_notifications_with_a_continuous_watermark_chain() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let msg = sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    assert_eq!(msg.attr("ResponseClass"), Some("Success"));
+    let sub_id = msg.child("SubscriptionId").unwrap().text.clone();
+    let start_wm = msg.child("Watermark").unwrap().text.clone();
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("Booked", 2, 10))
+        .unwrap();
+    sim.control().cancel_meeting(ROOM, &id).unwrap();
+    sim.control().soft_delete_meeting(ROOM, &id).unwrap();
+    let got = rx
+        .wait_for("the moved event", |r| {
+            r.iter().any(|r| r.body.contains("MovedEvent"))
+        })
+        .await;
+    let mut previous = start_wm;
+    let mut kinds = Vec::new();
+    for r in got.iter().filter(|r| r.path == "/ews") {
+        assert!(r.content_type.starts_with("text/xml"));
+        let n = notification_of(&r.body);
+        assert_eq!(n.subscription_id, sub_id);
+        assert_eq!(n.previous_watermark.as_deref(), Some(previous.as_str()));
+        previous = n.events.last().unwrap().watermark.clone().unwrap();
+        for e in &n.events {
+            kinds.push((e.kind, e.item_id().is_some()));
+            if e.item_id().is_some() {
+                assert!(e.parent_folder_id.is_some());
+            }
+        }
+    }
+    let item_kinds: Vec<EventKind> = kinds.iter().filter(|k| k.1).map(|k| k.0).collect();
+    assert_eq!(
+        item_kinds,
+        [
+            EventKind::Created,
+            EventKind::Modified,
+            EventKind::Modified,
+            EventKind::Moved
+        ]
+    );
+    assert!(
+        kinds.contains(&(EventKind::Modified, false)),
+        "folder noise"
+    );
+    let snapshot = &sim.control().ews_subscriptions()[0];
+    assert_eq!(snapshot.impersonated.as_deref(), Some(ROOM));
+    assert_eq!(snapshot.anchor_mailbox.as_deref(), Some(ROOM));
+}
+
+#[tokio::test]
+async fn status_events_arrive_at_the_scaled_status_frequency() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let started = Instant::now();
+    sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    let got = rx
+        .wait_for("three status events", |r| {
+            r.iter().filter(|r| r.path == "/ews").count() >= 3
+        })
+        .await;
+    let times: Vec<Instant> = got
+        .iter()
+        .filter(|r| r.path == "/ews")
+        .map(|r| r.at)
+        .collect();
+    // One minute at 600x is 100 ms.
+    assert!(times[0] - started >= Duration::from_millis(95));
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(95), "{gap:?}");
+        assert!(gap < Duration::from_millis(1000), "{gap:?}");
+    }
+    for r in got.iter().filter(|r| r.path == "/ews") {
+        let n = notification_of(&r.body);
+        assert_eq!(n.events.len(), 1);
+        assert_eq!(n.events[0].kind, EventKind::Status);
+    }
+}
+
+#[tokio::test]
+async fn ews_push_retries_follow_the_scaled_doubling_schedule_until_beyond_status_frequency() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    rx.set_reply(Reply::Fail);
+    sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    sim.control()
+        .create_meeting(ROOM, meeting("Unlucky", 2, 10))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.control().ews_subscriptions()[0].alive {
+        assert!(Instant::now() < deadline, "never gave up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let snap = &sim.control().ews_subscriptions()[0];
+    assert_eq!(snap.ended_by.as_deref(), Some("retries exhausted"));
+    let times: Vec<Instant> = rx.notifications("/ews").iter().map(|r| r.at).collect();
+    // StatusFrequency 1 min: retries after 30 s and 60 s; 120 s would exceed it.
+    assert_eq!(times.len(), 3);
+    assert!(times[1] - times[0] >= Duration::from_millis(45));
+    assert!(times[2] - times[1] >= Duration::from_millis(95));
+    let attempts: Vec<u32> = sim.control().pushes().iter().map(|p| p.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn an_unsubscribe_reply_ends_the_ews_subscription() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    rx.set_reply(Reply::Unsubscribe);
+    sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    sim.control()
+        .create_meeting(ROOM, meeting("Bye", 2, 10))
+        .unwrap();
+    rx.wait_for("one notification", |r| r.iter().any(|r| r.path == "/ews"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rx.notifications("/ews").len(), 1);
+    let snap = &sim.control().ews_subscriptions()[0];
+    assert!(!snap.alive);
+    assert_eq!(snap.ended_by.as_deref(), Some("unsubscribe"));
+}
+
+#[tokio::test]
+async fn an_injected_push_failure_is_retried_and_then_delivered() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    sim.control()
+        .inject(Fault::FailPushes { count: 1 })
+        .unwrap();
+    sim.control()
+        .create_meeting(ROOM, meeting("Dropped once", 2, 10))
+        .unwrap();
+    rx.wait_for("the redelivery", |r| {
+        r.iter().any(|r| r.body.contains("CreatedEvent"))
+    })
+    .await;
+    let pushes = wait_pushes(sim.control(), 2).await;
+    assert_eq!(pushes[0].status, None);
+    assert_eq!(pushes[1].attempt, 2);
+    assert_eq!(pushes[1].status, Some(200));
+}
+
+#[tokio::test]
+async fn subscribing_with_a_watermark_replays_later_events_and_an_unknown_one_is_refused() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (_, body) = sim
+        .ews(
+            ROOM,
+            r#"<m:Subscribe><m:PushSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="calendar"/></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType></t:EventTypes><t:Watermark>AQAAAHJvb20tYS13bS0wMDAy</t:Watermark><t:StatusFrequency>1</t:StatusFrequency><t:URL>http://127.0.0.1:1/x</t:URL></m:PushSubscriptionRequest></m:Subscribe>"#,
+        )
+        .await;
+    let msg = body.find("SubscribeResponseMessage").unwrap();
+    assert_eq!(msg.attr("ResponseClass"), Some("Error"));
+    assert_eq!(
+        msg.child("ResponseCode").unwrap().text,
+        "ErrorInvalidWatermark"
+    );
+
+    let first = sim.ews_subscribe(&rx.url("/ignored"), 30, None).await;
+    let wm = first.child("Watermark").unwrap().text.clone();
+    sim.control()
+        .create_meeting(ROOM, meeting("Replayed", 2, 10))
+        .unwrap();
+    let second = sim.ews_subscribe(&rx.url("/ews"), 30, Some(&wm)).await;
+    assert_eq!(second.attr("ResponseClass"), Some("Success"));
+    let got = rx
+        .wait_for("the replay", |r| r.iter().any(|r| r.path == "/ews"))
+        .await;
+    let n = notification_of(&got.iter().find(|r| r.path == "/ews").unwrap().body);
+    assert_eq!(n.previous_watermark.as_deref(), Some(wm.as_str()));
+    assert_eq!(n.events[0].kind, EventKind::Created);
+}
+
+// ---- EWS reads ---------------------------------------------------------------------
+
+fn response_message<'a>(body: &'a Node, op: &str) -> &'a Node {
+    body.find(&format!("{op}ResponseMessage")).unwrap()
+}
+
+#[tokio::test]
+async fn get_item_returns_the_booked_properties_and_item_not_found_per_missing_id() {
+    let sim = Sim::start().await;
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("Board & <review>", 2, 10))
+        .unwrap();
+    let (status, body) = sim
+        .ews(
+            ROOM,
+            &format!(
+                r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/><t:ItemId Id="gone"/></m:ItemIds></m:GetItem>"#
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let messages: Vec<&Node> = body
+        .find("ResponseMessages")
+        .unwrap()
+        .children_named("GetItemResponseMessage")
+        .collect();
+    assert_eq!(messages.len(), 2);
+    let item = messages[0].find("CalendarItem").unwrap();
+    assert_eq!(item.child("ItemId").unwrap().attr("Id"), Some(id.as_str()));
+    assert!(item.child("ItemId").unwrap().attr("ChangeKey").is_some());
+    assert_eq!(item.child("Subject").unwrap().text, "Board & <review>");
+    assert_eq!(item.child("Start").unwrap().text, "2026-03-02T10:00:00Z");
+    assert_eq!(item.child("End").unwrap().text, "2026-03-02T11:00:00Z");
+    assert_eq!(item.child("IsAllDayEvent").unwrap().text, "false");
+    assert_eq!(item.child("IsCancelled").unwrap().text, "false");
+    assert_eq!(item.child("CalendarItemType").unwrap().text, "Single");
+    assert!(!item.child("UID").unwrap().text.is_empty());
+    assert_eq!(
+        item.path(&["Organizer", "Mailbox", "EmailAddress"])
+            .unwrap()
+            .text,
+        "alice@sim.example"
+    );
+    assert_eq!(messages[1].attr("ResponseClass"), Some("Error"));
+    assert_eq!(
+        messages[1].child("ResponseCode").unwrap().text,
+        "ErrorItemNotFound"
+    );
+}
+
+#[tokio::test]
+async fn find_item_with_a_calendar_view_expands_series_and_honours_max_entries() {
+    let sim = Sim::start().await;
+    sim.control()
+        .create_series(
+            ROOM,
+            meeting("Weekly", 2, 8),
+            Recurrence::Weekly { count: 3 },
+        )
+        .unwrap();
+    sim.control()
+        .create_meeting(ROOM, meeting("One-off", 3, 9))
+        .unwrap();
+    let find = |max: u32| {
+        format!(
+            r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:CalendarView MaxEntriesReturned="{max}" StartDate="2026-03-01T00:00:00Z" EndDate="2026-04-01T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>{ROOM}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"#
+        )
+    };
+    let (_, body) = sim.ews(ROOM, &find(100)).await;
+    let root = response_message(&body, "FindItem")
+        .child("RootFolder")
+        .unwrap();
+    assert_eq!(root.attr("TotalItemsInView"), Some("4"));
+    assert_eq!(root.attr("IncludesLastItemInRange"), Some("true"));
+    let items: Vec<&Node> = root
+        .child("Items")
+        .unwrap()
+        .children_named("CalendarItem")
+        .collect();
+    assert_eq!(items.len(), 4);
+    let kinds: Vec<&str> = items
+        .iter()
+        .map(|i| i.child("CalendarItemType").unwrap().text.as_str())
+        .collect();
+    assert_eq!(kinds, ["Occurrence", "Single", "Occurrence", "Occurrence"]);
+    let (_, body) = sim.ews(ROOM, &find(2)).await;
+    let root = response_message(&body, "FindItem")
+        .child("RootFolder")
+        .unwrap();
+    assert_eq!(root.attr("IncludesLastItemInRange"), Some("false"));
+    assert_eq!(root.child("Items").unwrap().children.len(), 2);
+}
+
+#[tokio::test]
+async fn sync_folder_items_pages_through_changes_and_reports_updates_and_deletes_later() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let ids: Vec<String> = (0..3)
+        .map(|i| c.create_meeting(ROOM, meeting("S", 2 + i, 9)).unwrap())
+        .collect();
+    let sync = |state: &str, max: u32| {
+        format!(
+            r#"<m:SyncFolderItems><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:SyncFolderId><t:DistinguishedFolderId Id="calendar"/></m:SyncFolderId><m:SyncState>{state}</m:SyncState><m:MaxChangesReturned>{max}</m:MaxChangesReturned></m:SyncFolderItems>"#
+        )
+    };
+    let (_, body) = sim.ews(ROOM, &sync("", 2)).await;
+    let msg = response_message(&body, "SyncFolderItems");
+    assert_eq!(msg.child("IncludesLastItemInRange").unwrap().text, "false");
+    assert_eq!(
+        msg.child("Changes")
+            .unwrap()
+            .children_named("Create")
+            .count(),
+        2
+    );
+    let state = msg.child("SyncState").unwrap().text.clone();
+    let (_, body) = sim.ews(ROOM, &sync(&state, 2)).await;
+    let msg = response_message(&body, "SyncFolderItems");
+    assert_eq!(msg.child("IncludesLastItemInRange").unwrap().text, "true");
+    let created = msg.child("Changes").unwrap().child("Create").unwrap();
+    assert_eq!(
+        created.find("ItemId").unwrap().attr("Id"),
+        Some(ids[2].as_str())
+    );
+    let state = msg.child("SyncState").unwrap().text.clone();
+
+    c.move_meeting(ROOM, &ids[0], at(9, 9), at(9, 10)).unwrap();
+    c.delete_meeting(ROOM, &ids[1]).unwrap();
+    let (_, body) = sim.ews(ROOM, &sync(&state, 10)).await;
+    let changes = response_message(&body, "SyncFolderItems")
+        .child("Changes")
+        .unwrap();
+    let verbs: Vec<&str> = changes.children.iter().map(|c| c.local.as_str()).collect();
+    assert_eq!(verbs, ["Update", "Delete"]);
+    assert_eq!(
+        changes
+            .child("Delete")
+            .unwrap()
+            .child("ItemId")
+            .unwrap()
+            .attr("Id"),
+        Some(ids[1].as_str())
+    );
+    let (_, body) = sim.ews(ROOM, &sync("bogus", 10)).await;
+    assert_eq!(
+        response_message(&body, "SyncFolderItems")
+            .child("ResponseCode")
+            .unwrap()
+            .text,
+        "ErrorInvalidSyncStateData"
+    );
+}
+
+#[tokio::test]
+async fn an_injected_server_busy_fault_carries_back_off_milliseconds() {
+    let sim = Sim::start().await;
+    sim.control()
+        .inject(Fault::EwsServerBusy {
+            count: 1,
+            backoff_ms: 5000,
+        })
+        .unwrap();
+    let op = r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="x"/></m:ItemIds></m:GetItem>"#;
+    let (status, body) = sim.ews(ROOM, op).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let fault = body.find("Fault").unwrap();
+    assert_eq!(fault.child("faultcode").unwrap().text, "a:ErrorServerBusy");
+    let value = fault.find("Value").unwrap();
+    assert_eq!(value.attr("Name"), Some("BackOffMilliseconds"));
+    assert_eq!(value.text, "5000");
+    let (status, _) = sim.ews(ROOM, op).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+// ---- control API and CLI ------------------------------------------------------------
+
+#[tokio::test]
+async fn the_http_control_api_books_meetings_and_reports_requests() {
+    let sim = Sim::start().await;
+    let r = sim
+        .http
+        .post(sim.url(&format!("/_sim/rooms/{ROOM}/meetings")))
+        .json(&json!({
+            "subject": "Via HTTP",
+            "organizer": "bob@sim.example",
+            "start": "2026-03-02T10:00:00Z",
+            "end": "2026-03-02T11:00:00Z",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = sim
+        .http
+        .post(sim.url(&format!("/_sim/rooms/{ROOM}/series")))
+        .json(&json!({
+            "subject": "Series",
+            "organizer": "bob@sim.example",
+            "start": "2026-03-03T10:00:00Z",
+            "end": "2026-03-03T11:00:00Z",
+            "recurrence": { "pattern": "daily", "count": 2 },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = sim
+        .http
+        .patch(sim.url(&format!("/_sim/rooms/{ROOM}/meetings/{id}")))
+        .json(&json!({ "cancel": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = sim
+        .http
+        .post(sim.url("/_sim/faults"))
+        .json(&json!({ "kind": "graphThrottle", "count": 1, "retryAfterSecs": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (status, _) = sim
+        .graph_get(&sim.url(&format!("/v1.0/users/{ROOM}/events/{id}")), None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (_, event) = sim
+        .graph_get(&sim.url(&format!("/v1.0/users/{ROOM}/events/{id}")), None)
+        .await;
+    assert_eq!(event["isCancelled"], true);
+    let r = sim
+        .http
+        .delete(sim.url(&format!("/_sim/rooms/{ROOM}/meetings/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let requests: Value = sim
+        .http
+        .get(sim.url("/_sim/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<u64> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().contains("/events/"))
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [429, 200]);
+    let subs: Value = sim
+        .http
+        .get(sim.url("/_sim/subscriptions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(subs["graph"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_simulator_refuses_to_listen_beyond_loopback() {
+    let config = SimulatorConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..SimulatorConfig::default()
+    };
+    assert!(matches!(
+        Simulator::start(config, CancellationToken::new()).await,
+        Err(SimError::NotLoopback(_))
+    ));
+    let args = SimulateArgs {
+        listen: "192.0.2.1:7070".parse().unwrap(),
+        seed: 1,
+        time_scale: 1.0,
+        rooms: vec![ROOM.to_owned()],
+        busy_rooms: 0,
+        busy_rate: 6.0,
+    };
+    assert!(run(args, CancellationToken::new()).await.is_err());
+}
+
+#[test]
+fn the_printed_environment_points_serve_at_every_endpoint() {
+    let env = serve_environment("http://127.0.0.1:7070", &SimulatorConfig::default());
+    for line in [
+        "GraphBaseUrl=http://127.0.0.1:7070/v1.0",
+        "AzureAuthorityHost=http://127.0.0.1:7070",
+        "EwsUrl=http://127.0.0.1:7070/EWS/Exchange.asmx",
+        "AzureTenantId=sim-tenant",
+        "AzureClientId=sim-client",
+        "AzureClientSecret=sim-secret",
+        "ExchangeRoomMailboxes=room1@sim.example,room2@sim.example,room3@sim.example",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn busy_office_mode_books_moves_and_cancels_deterministically_for_a_seed() {
+    async fn run_busy(seed: u64) -> Vec<String> {
+        let shutdown = CancellationToken::new();
+        let config = SimulatorConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            seed,
+            ..SimulatorConfig::default()
+        };
+        let handle = Simulator::start(config, shutdown.clone()).await.unwrap();
+        let rooms = vec![ROOM.to_owned(), "room2@sim.example".to_owned()];
+        let mut booked = Vec::new();
+        for _ in 0..40 {
+            busy::busy_step(handle.control(), &rooms, &mut booked);
+        }
+        let state = handle.control().shared();
+        let state = state.lock();
+        shutdown.cancel();
+        state
+            .cal
+            .rooms
+            .values()
+            .flat_map(|r| r.items.values())
+            .map(|i| {
+                format!(
+                    "{} {} {} {}",
+                    i.id, i.meeting.subject, i.version, i.cancelled
+                )
+            })
+            .collect()
+    }
+    let a = run_busy(9).await;
+    assert!(!a.is_empty());
+    assert_eq!(a, run_busy(9).await);
+    assert_ne!(a, run_busy(10).await);
+}
+
+#[tokio::test]
+async fn tokens_expire_after_their_scaled_lifetime() {
+    let shutdown = CancellationToken::new();
+    let config = SimulatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        // 3599 s of token lifetime become about 0.1 s.
+        time_scale: 35_990.0,
+        ..SimulatorConfig::default()
+    };
+    let handle = Simulator::start(config, shutdown.clone()).await.unwrap();
+    let _stop = shutdown.drop_guard();
+    let http = reqwest::Client::new();
+    let body: Value = http
+        .post(format!(
+            "{}/sim-tenant/oauth2/v2.0/token",
+            handle.base_url()
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "sim-client"),
+            ("client_secret", "sim-secret"),
+            ("scope", "https://outlook.office365.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["expires_in"], 1);
+    let token = body["access_token"].as_str().unwrap();
+    let url = format!("{}/v1.0/subscriptions", handle.base_url());
+    let fresh = http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let stale = http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn reauthorize_revalidates_the_endpoint_and_answers_204() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (_, sub) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    let id = sub["id"].as_str().unwrap();
+    let before = rx.received().len();
+    let token = sim.token().await;
+    let r = sim
+        .http
+        .post(sim.url(&format!("/v1.0/subscriptions/{id}/reauthorize")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(rx.received().len(), before + 1);
+    let r = sim
+        .http
+        .post(sim.url("/v1.0/subscriptions/unknown/reauthorize"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_injected_duplicate_delivers_the_same_graph_notification_twice() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    sim.control()
+        .inject(Fault::DuplicatePushes { count: 1 })
+        .unwrap();
+    sim.control()
+        .create_meeting(ROOM, meeting("Twice", 2, 10))
+        .unwrap();
+    let got = rx
+        .wait_for("two copies", |r| {
+            r.iter()
+                .filter(|r| r.path == "/graph" && r.query.is_empty())
+                .count()
+                == 2
+        })
+        .await;
+    let copies: Vec<&Received> = got
+        .iter()
+        .filter(|r| r.path == "/graph" && r.query.is_empty())
+        .collect();
+    assert_eq!(copies[0].body, copies[1].body);
+    // Two handshakes, the delivery and its duplicate.
+    let kinds: Vec<String> = wait_pushes(sim.control(), 4)
+        .await
+        .into_iter()
+        .map(|p| p.kind)
+        .collect();
+    assert!(
+        kinds.contains(&"created (duplicate)".to_owned()),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn run_serves_with_busy_office_mode_until_cancelled() {
+    let shutdown = CancellationToken::new();
+    let args = SimulateArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        seed: 3,
+        time_scale: 60.0,
+        rooms: vec![ROOM.to_owned(), "room2@sim.example".to_owned()],
+        busy_rooms: 1,
+        busy_rate: 6000.0,
+    };
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+    });
+    tokio::time::timeout(Duration::from_secs(5), run(args, shutdown))
+        .await
+        .unwrap()
+        .unwrap();
+}
