@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
 use crate::config::{self, Loaded, LogFormat};
+use crate::demo::{self, DemoArgs};
 use crate::simulator::{self, SimulateArgs};
 use crate::{db, shutdown, telemetry};
 
@@ -38,6 +39,8 @@ pub enum Command {
     Healthcheck,
     /// Run the Exchange simulator (EWS and Graph) on loopback.
     Simulate(SimulateArgs),
+    /// Run the simulator, the service against it and a busy office, and show bookings arrive.
+    Demo(DemoArgs),
 }
 
 /// Runs the program; the binary's whole `main`.
@@ -45,8 +48,17 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The simulator stands alone: it needs none of the service's settings.
-    if let Command::Simulate(args) = cli.command {
-        return simulate(args);
+    match cli.command {
+        Command::Simulate(args) => {
+            return standalone("simulate", move |stop| simulator::run(args, stop));
+        }
+        Command::Demo(args) => {
+            let path = cli.config.clone();
+            return standalone("demo", move |stop| async move {
+                demo::run(args, path.as_deref(), stop).await
+            });
+        }
+        _ => {}
     }
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
@@ -85,7 +97,7 @@ pub fn main() -> ExitCode {
             Command::Serve => serve(loaded).await,
             Command::Migrate => migrate(&loaded).await,
             Command::Healthcheck => healthcheck(&loaded).await,
-            Command::Config | Command::Simulate(_) => Ok(()),
+            Command::Config | Command::Simulate(_) | Command::Demo(_) => Ok(()),
         }
     });
     match outcome {
@@ -97,8 +109,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn simulate(args: SimulateArgs) -> ExitCode {
-    if let Err(error) = telemetry::init(LogFormat::Text, None) {
+/// Runs a command that needs none of the service's settings (`simulate`, `demo`) with quiet
+/// logs (they would garble the demo's view); SIGTERM/SIGINT cancel the token it is given.
+fn standalone<C, F>(name: &str, command: C) -> ExitCode
+where
+    C: FnOnce(CancellationToken) -> F,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let Err(error) = telemetry::init(LogFormat::Text, Some("warn")) {
         eprintln!("{error:#}");
         return ExitCode::FAILURE;
     }
@@ -113,17 +131,17 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(shutdown::cancel_on_signal(shutdown.clone()));
-        let result = simulator::run(args, shutdown.clone()).await;
-        shutdown.cancel();
+        let stop = CancellationToken::new();
+        let signals = tokio::spawn(shutdown::cancel_on_signal(stop.clone()));
+        let result = command(stop.clone()).await;
+        stop.cancel();
         let _ = signals.await;
         result
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("rooms-sync simulate failed: {error:#}");
+            eprintln!("rooms-sync {name} failed: {error:#}");
             ExitCode::FAILURE
         }
     }

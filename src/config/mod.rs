@@ -177,6 +177,8 @@ pub enum Origin {
     Default,
     File,
     Environment,
+    /// Set by the running command itself (e.g. `demo`), above everything else.
+    Command,
 }
 
 impl fmt::Display for Origin {
@@ -185,6 +187,7 @@ impl fmt::Display for Origin {
             Self::Default => "default",
             Self::File => "file",
             Self::Environment => "environment",
+            Self::Command => "command",
         })
     }
 }
@@ -240,6 +243,19 @@ impl Effective {
 /// # Errors
 /// Every invalid or missing value, and an unreadable settings file, as one [`ConfigError`].
 pub fn load(cli_path: Option<&Path>) -> Result<Loaded, ConfigError> {
+    load_with_overrides(cli_path, &[])
+}
+
+/// As [`load`], with `overrides` applied on top of the environment: for commands such as
+/// `rooms-sync demo` that point the service at their own simulator and ports while keeping the
+/// operator's database settings.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with_overrides(
+    cli_path: Option<&Path>,
+    overrides: &[(&'static str, String)],
+) -> Result<Loaded, ConfigError> {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
@@ -263,9 +279,10 @@ pub fn load(cli_path: Option<&Path>) -> Result<Loaded, ConfigError> {
         )),
         None => None,
     };
-    load_from(
+    load_layers(
         file.as_ref().map(|(p, text)| (p.as_path(), text.as_str())),
         &env,
+        overrides,
     )
 }
 
@@ -283,6 +300,14 @@ fn settings_file_from_env(env: &[(String, String)]) -> Option<&str> {
 pub fn load_from(
     file: Option<(&Path, &str)>,
     env: &[(String, String)],
+) -> Result<Loaded, ConfigError> {
+    load_layers(file, env, &[])
+}
+
+fn load_layers(
+    file: Option<(&Path, &str)>,
+    env: &[(String, String)],
+    overrides: &[(&'static str, String)],
 ) -> Result<Loaded, ConfigError> {
     let mut ignored_keys = Vec::new();
     let file_values = match file {
@@ -320,6 +345,7 @@ pub fn load_from(
         .add_source(TaggedSource::defaults())
         .add_source(TaggedSource::new(Origin::File, file_values))
         .add_source(TaggedSource::new(Origin::Environment, env_values))
+        .add_source(TaggedSource::new(Origin::Command, overrides.to_vec()))
         .build()
         .and_then(config::Config::try_deserialize::<HashMap<String, Tagged>>)
         .map_err(|e| ConfigError::single(format!("settings could not be merged: {e}")))?;

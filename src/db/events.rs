@@ -140,3 +140,82 @@ pub async fn store_batch(
         .map(|(backend, kind)| (if backend == "ews" { "ews" } else { "graph" }, kind))
         .collect())
 }
+
+/// Events stored per mailbox, for status views.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MailboxCounts {
+    pub address: String,
+    pub backend: String,
+    /// The active subscription's status, or the latest one's.
+    pub subscription_status: Option<String>,
+    pub events: i64,
+    pub pending: i64,
+}
+
+/// Per configured mailbox: its subscription status and how many events were stored.
+///
+/// # Errors
+/// Database errors.
+pub async fn counts_by_mailbox(
+    executor: impl PgExecutor<'_>,
+) -> Result<Vec<MailboxCounts>, sqlx::Error> {
+    sqlx::query_as(
+        "select m.address, m.backend,
+                (select s.status from subscriptions s where s.mailbox_id = m.id
+                 order by (s.status = 'active') desc, s.id desc limit 1) as subscription_status,
+                count(e.id) filter (where e.kind <> 'status') as events,
+                count(e.id) filter (where e.status = 'pending') as pending
+         from mailboxes m left join notification_events e on e.mailbox_id = m.id
+         group by m.id order by m.address",
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// A stored event as status views show it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecentEvent {
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub backend: String,
+    pub kind: String,
+    pub item_id: Option<String>,
+    pub address: Option<String>,
+}
+
+/// The latest events that name an item, newest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn recent_item_events(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<RecentEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "select e.received_at, e.backend, e.kind, e.item_id, m.address
+         from notification_events e left join mailboxes m on m.id = e.mailbox_id
+         where e.item_id is not null
+         order by e.id desc limit $1",
+    )
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// When the first event naming `item_id` arrived at or after `since`.
+///
+/// # Errors
+/// Database errors.
+pub async fn first_seen_since(
+    executor: impl PgExecutor<'_>,
+    item_id: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select min(received_at) from notification_events
+         where item_id = $1 and received_at >= $2",
+    )
+    .bind(item_id)
+    .bind(since)
+    .fetch_one(executor)
+    .await
+}

@@ -117,3 +117,29 @@ pub async fn readiness(pool: &PgPool, timeout: Duration) -> Readiness {
         Ok(Err(_)) | Err(_) => Readiness::DatabaseUnreachable,
     }
 }
+
+/// Drops (disconnecting its sessions) and creates the database `name`; for throwaway databases
+/// such as the demo's. `name` must be a plain lower-case identifier.
+///
+/// # Errors
+/// When `name` is not a plain identifier, or the role may not drop or create databases.
+pub async fn recreate_database(pool: &PgPool, name: &str) -> Result<(), DbError> {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !plain {
+        return Err(DbError::Create(sqlx::Error::Protocol(format!(
+            "refusing to recreate a database named {name:?}"
+        ))));
+    }
+    sqlx::query(&format!("drop database if exists {name} with (force)"))
+        .execute(pool)
+        .await
+        .map_err(DbError::Create)?;
+    sqlx::query(&format!("create database {name}"))
+        .execute(pool)
+        .await
+        .map_err(DbError::Create)?;
+    Ok(())
+}

@@ -64,7 +64,7 @@ pub fn spawn_busy_office(
 ) -> tokio::task::JoinHandle<()> {
     let every = Duration::from_secs_f64(60.0 / per_minute.max(0.001));
     tokio::spawn(async move {
-        let mut booked: Vec<(String, String)> = Vec::new();
+        let mut booked = Vec::new();
         let mut ticker = tokio::time::interval(every);
         ticker.tick().await;
         loop {
@@ -72,15 +72,33 @@ pub fn spawn_busy_office(
                 () = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            busy_step(&control, &rooms, &mut booked);
+            let _ = busy_step(&control, &rooms, &mut booked);
         }
     })
 }
 
-/// One random change. Errors (an item deleted meanwhile by the control API) are skipped.
-pub(crate) fn busy_step(control: &Control, rooms: &[String], booked: &mut Vec<(String, String)>) {
+/// What one busy-office step did to which meeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusyChange {
+    pub room: String,
+    pub item_id: String,
+    /// `booked`, `moved`, `cancelled` or `deleted`.
+    pub action: &'static str,
+    pub subject: String,
+}
+
+/// A meeting the busy office booked: room, item id, subject.
+pub(crate) type Booked = (String, String, String);
+
+/// One random change; `None` when it could not be applied (an item deleted meanwhile by the
+/// control API), which is skipped.
+pub(crate) fn busy_step(
+    control: &Control,
+    rooms: &[String],
+    booked: &mut Vec<Booked>,
+) -> Option<BusyChange> {
     if rooms.is_empty() {
-        return;
+        return None;
     }
     let (dice, room_pick, slot, len) = control.random4();
     let action = if booked.is_empty() { 0 } else { dice % 10 };
@@ -91,37 +109,43 @@ pub(crate) fn busy_step(control: &Control, rooms: &[String], booked: &mut Vec<(S
     let start = base + TimeDelta::hours(i64::try_from(slot % (24 * 14)).unwrap_or(0) + 1);
     let end = start + TimeDelta::minutes(30 * (i64::try_from(len % 4).unwrap_or(0) + 1));
     let pick = usize::try_from(room_pick).unwrap_or(0);
+    let subject = format!("Busy meeting {}", slot % 10_000);
+    let change = |room: &str, id: &str, subject: &str, action| BusyChange {
+        room: room.to_owned(),
+        item_id: id.to_owned(),
+        action,
+        subject: subject.to_owned(),
+    };
     match action {
         0..=4 => {
-            let Some(room) = rooms.get(pick % rooms.len()) else {
-                return;
-            };
+            let room = rooms.get(pick % rooms.len())?;
             let meeting = Meeting {
-                subject: format!("Busy meeting {slot}"),
+                subject: subject.clone(),
                 organizer: format!("user{}@sim.example", len % 50),
                 start,
                 end,
                 is_all_day: false,
                 location: room.clone(),
             };
-            if let Ok(id) = control.create_meeting(room, meeting) {
-                booked.push((room.clone(), id));
-            }
+            let id = control.create_meeting(room, meeting).ok()?;
+            booked.push((room.clone(), id.clone(), subject.clone()));
+            Some(change(room, &id, &subject, "booked"))
         }
         5..=7 => {
-            if let Some((room, id)) = booked.get(pick % booked.len()) {
-                let _ = control.move_meeting(room, id, start, end);
-            }
+            let (room, id, subject) = booked.get(pick % booked.len())?;
+            control.move_meeting(room, id, start, end).ok()?;
+            Some(change(room, id, subject, "moved"))
         }
         8 => {
-            if let Some((room, id)) = booked.get(pick % booked.len()) {
-                let _ = control.cancel_meeting(room, id);
-            }
+            let (room, id, subject) = booked.get(pick % booked.len())?;
+            control.cancel_meeting(room, id).ok()?;
+            Some(change(room, id, subject, "cancelled"))
         }
         _ => {
             let i = pick % booked.len();
-            let (room, id) = booked.swap_remove(i);
-            let _ = control.delete_meeting(&room, &id);
+            let (room, id, subject) = booked.swap_remove(i);
+            control.delete_meeting(&room, &id).ok()?;
+            Some(change(&room, &id, &subject, "deleted"))
         }
     }
 }

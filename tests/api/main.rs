@@ -9,6 +9,7 @@
 
 mod cli;
 mod container;
+mod demo;
 mod end_to_end;
 mod health;
 mod helpers;

@@ -1,0 +1,420 @@
+//! `rooms-sync demo`: the simulator, the service configured against it and simulated bookings,
+//! shown live.
+//!
+//! On a machine with nothing configured it runs everything on loopback: the Exchange
+//! simulator, the real service (the same [`Application`] as `serve`) pointed at it, a busy
+//! office booking, moving and cancelling meetings, and a terminal view of each change as it
+//! travels from "Exchange" to a committed row, with its latency. It uses its own database
+//! `rooms_sync_demo` on the configured Postgres server; where none answers but PostgreSQL's
+//! binaries are installed, a throwaway cluster that is removed on exit.
+
+pub mod pgtemp;
+mod subscribe;
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Application;
+use crate::config::{self, Settings};
+use crate::db;
+use crate::simulator::busy::{BusyChange, busy_step};
+use crate::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+
+/// The demo's own database on the configured server: never the service's real one.
+const DEMO_DATABASE: &str = "rooms_sync_demo";
+/// Changes shown in the "recent" list.
+const RECENT: usize = 10;
+
+/// Options of `rooms-sync demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Rooms to simulate: alternately Graph (Exchange Online) and EWS (Exchange Server).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub rooms: u16,
+    /// Bookings, moves and cancellations per minute, across all rooms.
+    #[arg(long, default_value_t = 60.0)]
+    pub rate: f64,
+    /// Stop after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub seconds: u64,
+    /// Seed of the simulated office (same seed, same bookings).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// A change made in "Exchange" and when its first notification was committed.
+#[derive(Debug, Clone)]
+struct Tracked {
+    change: BusyChange,
+    at: DateTime<Utc>,
+    seen: Option<DateTime<Utc>>,
+}
+
+/// Runs the demo until `shutdown` is cancelled or `--seconds` have passed.
+///
+/// # Errors
+/// When no database can be had, or a part fails to start.
+pub async fn run(
+    args: DemoArgs,
+    config_path: Option<&Path>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number of changes per minute");
+    }
+    let rooms: Vec<String> = (1..=args.rooms)
+        .map(|i| format!("room-{i:02}@sim.example"))
+        .collect();
+    let parts = CancellationToken::new();
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            listen: "127.0.0.1:0".parse()?,
+            seed: args.seed,
+            // A minute of Exchange time per second: keep-alives and retries show up quickly.
+            time_scale: 60.0,
+            rooms: rooms.clone(),
+            ..SimulatorConfig::default()
+        },
+        parts.clone(),
+    )
+    .await?;
+
+    let (settings, cluster) = settings_for(config_path, &simulator, &rooms).await?;
+    let outcome = run_with(&args, &settings, &simulator, &rooms, &shutdown).await;
+    parts.cancel();
+    let _ = simulator.wait().await;
+    if let Some(cluster) = cluster {
+        cluster.stop().await?;
+    }
+    outcome
+}
+
+async fn run_with(
+    args: &DemoArgs,
+    settings: &Settings,
+    simulator: &SimulatorHandle,
+    rooms: &[String],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let app = Application::build(settings.clone())
+        .await
+        .context("starting the service")?;
+    let service_url = app
+        .public_addr()
+        .map_or_else(String::new, |a| format!("http://{a}"));
+    let app_stop = CancellationToken::new();
+    let service = tokio::spawn(app.run(app_stop.clone()));
+    let pool = db::pool(&settings.database)?;
+    let subscribed = subscribe::subscribe_all(settings, &pool).await;
+
+    let tracked: Arc<Mutex<VecDeque<Tracked>>> = Arc::default();
+    let result = match subscribed {
+        Ok(_) => {
+            let busy = tokio::spawn(book(
+                simulator.control().clone(),
+                rooms.to_vec(),
+                args.rate,
+                Arc::clone(&tracked),
+                shutdown.clone(),
+            ));
+            let header = format!(
+                "rooms-sync demo · Exchange simulator {} · service {service_url} · database {}",
+                simulator.base_url(),
+                redacted(settings)
+            );
+            let shown = show(&pool, &header, &tracked, args.seconds, shutdown).await;
+            shutdown.cancel();
+            let _ = busy.await;
+            shown
+        }
+        Err(error) => Err(error),
+    };
+    app_stop.cancel();
+    let _ = service.await;
+    pool.close().await;
+    result
+}
+
+/// The settings of the demo's service: the operator's configuration for the database, the
+/// simulator for Exchange, loopback ports for everything else.
+async fn settings_for(
+    config_path: Option<&Path>,
+    simulator: &SimulatorHandle,
+    rooms: &[String],
+) -> anyhow::Result<(Settings, Option<pgtemp::TempCluster>)> {
+    let port = free_port()?;
+    let admin = free_port()?;
+    let base = simulator.base_url().trim_end_matches('/').to_owned();
+    let sim = SimulatorConfig::default();
+    let mailboxes: Vec<String> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{}:{r}", if i % 2 == 0 { "graph" } else { "ews" }))
+        .collect();
+    let mut overrides: Vec<(&'static str, String)> = vec![
+        ("IdpRootUrl", format!("http://127.0.0.1:{port}")),
+        (
+            "ExchangePushNotificationEndpointUrl",
+            format!("http://127.0.0.1:{port}/api/webhooks/exchange"),
+        ),
+        ("ListenAddress", format!("127.0.0.1:{port}")),
+        ("AdminListenAddress", format!("127.0.0.1:{admin}")),
+        ("ServiceRoles", "web,worker".to_owned()),
+        ("WebhookAllowedIpRanges", "127.0.0.0/8,::1/128".to_owned()),
+        ("AutoMigrate", "true".to_owned()),
+        ("GraphBaseUrl", format!("{base}/v1.0")),
+        ("AzureAuthorityHost", base.clone()),
+        ("EwsUrl", format!("{base}/EWS/Exchange.asmx")),
+        ("EwsAuth", "oauth".to_owned()),
+        ("EwsStatusFrequencyMinutes", "1".to_owned()),
+        ("AzureTenantId", sim.tenant_id.clone()),
+        ("AzureClientId", sim.client_id.clone()),
+        ("AzureClientSecret", sim.client_secret.clone()),
+        ("ExchangeRoomMailboxes", mailboxes.join(",")),
+    ];
+    let configured = config::load_with_overrides(config_path, &overrides)
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let configured_url = configured.settings.database.url.expose_secret().to_owned();
+
+    let (server_url, cluster) = if server_answers(&configured_url).await {
+        (configured_url, None)
+    } else if pgtemp::binaries_available(None) {
+        let cluster = pgtemp::TempCluster::start(None).await.context(
+            "no Postgres answers at DatabaseUrl, and a throwaway cluster failed to start",
+        )?;
+        (cluster.url(), Some(cluster))
+    } else {
+        bail!(
+            "no Postgres answers at DatabaseUrl and PostgreSQL's binaries are not installed: \
+             start a server or set DatabaseUrl"
+        );
+    };
+    let mut demo_url = url::Url::parse(&server_url).context("DatabaseUrl")?;
+    demo_url.set_path(&format!("/{DEMO_DATABASE}"));
+    recreate_database(&server_url).await?;
+    overrides.push(("DatabaseUrl", demo_url.into()));
+    let loaded = config::load_with_overrides(config_path, &overrides)
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    Ok((loaded.settings, cluster))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The server of `url` accepts a connection within two seconds.
+async fn server_answers(url: &str) -> bool {
+    let Ok(mut maintenance) = url::Url::parse(url) else {
+        return false;
+    };
+    maintenance.set_path("/postgres");
+    let connect = PgPool::connect(maintenance.as_str());
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(pool)) => {
+            pool.close().await;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A fresh demo database each run (the previous run's is kept until then, for a look).
+async fn recreate_database(server_url: &str) -> anyhow::Result<()> {
+    let mut maintenance = url::Url::parse(server_url)?;
+    maintenance.set_path("/postgres");
+    let pool = PgPool::connect(maintenance.as_str()).await?;
+    db::recreate_database(&pool, DEMO_DATABASE).await?;
+    pool.close().await;
+    Ok(())
+}
+
+fn redacted(settings: &Settings) -> String {
+    match url::Url::parse(settings.database.url.expose_secret()) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.into()
+        }
+        Err(_) => "***".to_owned(),
+    }
+}
+
+/// The busy office: random changes at `rate` per minute, each remembered with its time.
+async fn book(
+    control: crate::simulator::Control,
+    rooms: Vec<String>,
+    rate: f64,
+    tracked: Arc<Mutex<VecDeque<Tracked>>>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(60.0 / rate));
+    let mut booked = Vec::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        // Timed before the change: the simulator may push (and the service commit) before
+        // the change call returns.
+        let at = Utc::now();
+        if let Some(change) = busy_step(&control, &rooms, &mut booked) {
+            let mut list = tracked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            list.push_front(Tracked {
+                change,
+                at,
+                seen: None,
+            });
+            list.truncate(500);
+        }
+    }
+}
+
+/// Redraws the view every second until cancelled or `seconds` have passed.
+async fn show(
+    pool: &PgPool,
+    header: &str,
+    tracked: &Mutex<VecDeque<Tracked>>,
+    seconds: u64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let interactive = std::io::stdout().is_terminal();
+    let started = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let done = seconds > 0 && started.elapsed() >= Duration::from_secs(seconds);
+        // Redraw every second on a terminal; otherwise (a pipe, CI) print every 5 s and at the end.
+        if interactive || done || started.elapsed().as_secs().is_multiple_of(5) {
+            let frame = frame(pool, header, tracked).await?;
+            let mut out = std::io::stdout().lock();
+            if interactive {
+                // Clear the screen and home the cursor.
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            writeln!(out, "{frame}")?;
+            out.flush()?;
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn frame(
+    pool: &PgPool,
+    header: &str,
+    tracked: &Mutex<VecDeque<Tracked>>,
+) -> anyhow::Result<String> {
+    // Match changes to the first notification committed for their item since the change.
+    let pending: Vec<(usize, String, DateTime<Utc>)> = {
+        let list = tracked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        list.iter()
+            .enumerate()
+            .filter(|(_, t)| t.seen.is_none())
+            .map(|(i, t)| (i, t.change.item_id.clone(), t.at))
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for (i, item, at) in pending {
+        if let Some(when) = db::events::first_seen_since(pool, &item, at).await? {
+            seen.push((i, item, when));
+        }
+    }
+    let snapshot: Vec<Tracked> = {
+        let mut list = tracked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, item, when) in seen {
+            if let Some(t) = list.get_mut(i).filter(|t| t.change.item_id == item) {
+                t.seen = Some(when);
+            }
+        }
+        list.iter().cloned().collect()
+    };
+    let counts = db::events::counts_by_mailbox(pool).await?;
+
+    let mut out = String::new();
+    out.push_str(header);
+    out.push_str("\n\n");
+    out.push_str(&format!(
+        "{:<24} {:<7} {:<13} {:>8} {:>8} {:>9}\n",
+        "ROOM", "BACKEND", "SUBSCRIPTION", "CHANGES", "EVENTS", "UNAPPLIED"
+    ));
+    for c in &counts {
+        let changes = snapshot
+            .iter()
+            .filter(|t| t.change.room == c.address)
+            .count();
+        out.push_str(&format!(
+            "{:<24} {:<7} {:<13} {:>8} {:>8} {:>9}\n",
+            c.address,
+            c.backend,
+            c.subscription_status.as_deref().unwrap_or("none"),
+            changes,
+            c.events,
+            c.pending
+        ));
+    }
+    let mut latencies: Vec<i64> = snapshot
+        .iter()
+        .filter_map(|t| t.seen.map(|s| (s - t.at).num_milliseconds().max(0)))
+        .collect();
+    latencies.sort_unstable();
+    let waiting = snapshot.iter().filter(|t| t.seen.is_none()).count();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len().saturating_sub(1)) as f64 * p).round() as usize)
+            .copied()
+    };
+    out.push_str(&format!(
+        "\nchanges made in Exchange: {} · committed by the webhook: {} (change → committed p50 {} ms, max {} ms) · still travelling: {waiting}\n",
+        snapshot.len(),
+        latencies.len(),
+        pct(0.5).map_or_else(|| "-".to_owned(), |v| v.to_string()),
+        pct(1.0).map_or_else(|| "-".to_owned(), |v| v.to_string()),
+    ));
+    out.push_str("\nrecent changes\n");
+    for t in snapshot.iter().take(RECENT) {
+        let travel = t.seen.map_or_else(
+            || "on its way".to_owned(),
+            |s| {
+                format!(
+                    "committed {} ms later",
+                    (s - t.at).num_milliseconds().max(0)
+                )
+            },
+        );
+        out.push_str(&format!(
+            "  {}  {:<22} {:<9} {:<18} {travel}\n",
+            t.at.format("%H:%M:%S%.3f"),
+            t.change.room,
+            t.change.action,
+            t.change.subject,
+        ));
+    }
+    out.push_str(
+        "\nUNAPPLIED: notifications committed and waiting for the sync worker, which turns them \
+         into reservations (not built yet).\nCtrl-C stops everything.",
+    );
+    Ok(out)
+}
