@@ -82,6 +82,7 @@ async fn run() {
     let db_url = format!("{}/{name}", server_url());
 
     println!("# rooms-sync ingest benchmark ({seconds} s per phase, {CONNECTIONS} connections)");
+    hostile_bodies();
     let pgbench = pgbench_rate(&db_url, seconds);
     println!("pgbench durable 1-row INSERT, ~600 B jsonb, 64 clients: {pgbench:.0} rows/s");
 
@@ -193,6 +194,37 @@ async fn run() {
         .execute(&admin)
         .await
         .unwrap();
+}
+
+/// Parser work spent refusing hostile bodies (a DTD with nested entities, deep nesting).
+fn hostile_bodies() {
+    let laughs = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ews/bad/doctype-billion-laughs.xml"
+    ))
+    .unwrap();
+    let deep_json = format!(
+        r#"{{"value":[{}{}]}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let rounds = 20_000_u32;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        assert!(rooms_sync::soap::parse_send_notification(&laughs).is_err());
+    }
+    let laughs_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    let started = Instant::now();
+    for _ in 0..100 {
+        assert!(
+            rooms_sync::graph::notification::parse_notification_collection(deep_json.as_bytes())
+                .is_err()
+        );
+    }
+    let deep_us = started.elapsed().as_secs_f64() * 1e6 / 100.0;
+    println!(
+        "billion-laughs body refused after {laughs_us:.2} µs of parsing; 200 kB of nested JSON refused after {deep_us:.1} µs"
+    );
 }
 
 /// pgbench: durable (synchronous_commit on), one ~600-byte jsonb row per transaction.

@@ -219,3 +219,60 @@ pub async fn first_seen_since(
     .fetch_one(executor)
     .await
 }
+
+/// An event stored before its subscription was known.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UnmatchedEvent {
+    pub id: i64,
+    /// The `clientState` the item carried (Graph), for the check at re-match time.
+    pub client_state: Option<String>,
+}
+
+/// Events of `backend` naming `remote_id` that no subscription was matched to yet.
+///
+/// # Errors
+/// Database errors.
+pub async fn unmatched(
+    executor: impl PgExecutor<'_>,
+    backend: &str,
+    remote_id: &str,
+) -> Result<Vec<UnmatchedEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, payload->>'clientState' as client_state from notification_events
+         where remote_subscription_id = $1 and backend = $2 and subscription_id is null",
+    )
+    .bind(remote_id)
+    .bind(backend)
+    .fetch_all(executor)
+    .await
+}
+
+/// Attaches events to their subscription; those in `rejected` are kept, never acted on, with
+/// `reason`.
+///
+/// # Errors
+/// Database errors.
+pub async fn attach(
+    executor: impl PgExecutor<'_>,
+    subscription_id: i64,
+    mailbox_id: i64,
+    accepted: &[i64],
+    rejected: &[i64],
+    reason: &str,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "update notification_events set
+             subscription_id = $1, mailbox_id = $2,
+             status = case when id = any($4) then 'ignored' else status end,
+             reject_reason = case when id = any($4) then $5 else reject_reason end
+         where (id = any($3) or id = any($4)) and subscription_id is null",
+    )
+    .bind(subscription_id)
+    .bind(mailbox_id)
+    .bind(accepted)
+    .bind(rejected)
+    .bind(reason)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -129,6 +129,7 @@ async fn subscribe_graph(
     }
     let remote = body["id"].as_str().context("the subscription has no id")?;
     db::subscriptions::activate(pool, id, remote, Some(expires), None).await?;
+    crate::ingest::rematch(pool, remote).await?;
     Ok(())
 }
 
@@ -209,5 +210,6 @@ async fn subscribe_ews(
         .context("no SubscriptionId")?;
     let watermark = message.child("Watermark").map(|c| c.text.clone());
     db::subscriptions::activate(pool, id, &remote, None, watermark.as_deref()).await?;
+    crate::ingest::rematch(pool, &remote).await?;
     Ok(())
 }

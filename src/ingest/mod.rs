@@ -57,6 +57,60 @@ pub struct IngestOptions {
     pub ews_unknown_grace: Duration,
 }
 
+/// What [`rematch`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rematched {
+    pub attached: usize,
+    /// Graph items whose `clientState` did not match the subscription's secret.
+    pub rejected: usize,
+}
+
+/// Attaches the events that arrived before their subscription was recorded (the first
+/// notification can beat the create/Subscribe response) to that subscription, checking each
+/// Graph item's `clientState` as ingress would have. Call it once the subscription is active.
+///
+/// # Errors
+/// Database errors.
+pub async fn rematch(pool: &PgPool, remote_id: &str) -> Result<Rematched, sqlx::Error> {
+    let Some(sub) = db::subscriptions::find_by_remote_ids(pool, &[remote_id])
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(Rematched::default());
+    };
+    let events = db::events::unmatched(pool, &sub.backend, remote_id).await?;
+    let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
+    for event in events {
+        let genuine = sub.backend != "graph"
+            || crate::graph::notification::client_state_matches(
+                event.client_state.as_deref(),
+                sub.client_state.as_deref().unwrap_or(""),
+            );
+        if genuine {
+            accepted.push(event.id);
+        } else {
+            rejected.push(event.id);
+        }
+    }
+    if accepted.is_empty() && rejected.is_empty() {
+        return Ok(Rematched::default());
+    }
+    db::events::attach(
+        pool,
+        sub.id,
+        sub.mailbox_id,
+        &accepted,
+        &rejected,
+        "client_state_mismatch",
+    )
+    .await?;
+    Ok(Rematched {
+        attached: accepted.len(),
+        rejected: rejected.len(),
+    })
+}
+
 struct Job {
     delivery: Delivery,
     reply: oneshot::Sender<Result<Ack, IngestError>>,

@@ -397,6 +397,78 @@ async fn lifecycle_notifications_are_stored_with_their_kinds(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn items_that_beat_their_subscription_are_rematched_with_their_client_state_checked(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let genuine = fixture("graph/change-created.json");
+    let forged = String::from_utf8(genuine.clone())
+        .unwrap()
+        .replace(GRAPH_STATE, "a-forged-state")
+        .replace("AAMkAGF1cm9yYS1ldnQtMDAxAA==", "AAMkAGZvcmdlZA==");
+    assert_eq!(post(&app, "application/json", genuine).await.status(), 202);
+    assert_eq!(
+        post(&app, "application/json", forged.into_bytes())
+            .await
+            .status(),
+        202
+    );
+    let unmatched: i64 = sqlx::query_scalar(
+        "select count(*) from notification_events where subscription_id is null and status = 'pending'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unmatched, 2, "both wait, unmatched");
+
+    let sub = seed_subscription(
+        &pool,
+        "room-b@example.com",
+        "graph",
+        GRAPH_SUB,
+        "active",
+        Some(GRAPH_STATE),
+        None,
+    )
+    .await;
+    let done = rooms_sync::ingest::rematch(&pool, GRAPH_SUB).await.unwrap();
+    assert_eq!((done.attached, done.rejected), (1, 1));
+    type Row = (Option<String>, String, Option<String>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select item_id, status, reject_reason, subscription_id from notification_events order by item_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                Some("AAMkAGF1cm9yYS1ldnQtMDAxAA==".to_owned()),
+                "pending".to_owned(),
+                None,
+                Some(sub)
+            ),
+            (
+                Some("AAMkAGZvcmdlZA==".to_owned()),
+                "ignored".to_owned(),
+                Some("client_state_mismatch".to_owned()),
+                Some(sub)
+            ),
+        ]
+    );
+    // Nothing is left to match the second time.
+    assert_eq!(
+        rooms_sync::ingest::rematch(&pool, GRAPH_SUB)
+            .await
+            .unwrap()
+            .attached,
+        0
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
 async fn a_client_state_mismatch_is_stored_as_rejected_and_still_answered_202(pool: PgPool) {
     seed_subscription(
         &pool,
@@ -564,6 +636,18 @@ async fn bad_input_gets_its_status_and_stores_nothing(pool: PgPool) {
             "malformed JSON",
             "application/json",
             b"{\"value\": [".to_vec(),
+            400,
+        ),
+        (
+            "deeply nested JSON",
+            "application/json",
+            format!(r#"{{"value":[{}{}]}}"#, "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+            400,
+        ),
+        (
+            "deeply nested XML",
+            "text/xml",
+            format!("{}{}", "<a>".repeat(5000), "</a>".repeat(5000)).into_bytes(),
             400,
         ),
         (
