@@ -357,6 +357,62 @@ impl Service {
     }
 }
 
+/// CPU seconds (user + system) used so far by processes whose command name is `comm`, or by
+/// the process `pid`.
+fn cpu_seconds(filter: &dyn Fn(u32, &str) -> bool) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // comm is in parentheses and may hold spaces; the fields after it are space-separated.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        if !filter(pid, comm) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after comm.
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        total += ticks / ticks_per_second;
+    }
+    total
+}
+
+#[derive(Clone, Copy)]
+struct CpuSample {
+    service: f64,
+    postgres: f64,
+    client: f64,
+}
+
+impl CpuSample {
+    fn now(service_pid: u32) -> Self {
+        let own = std::process::id();
+        Self {
+            service: cpu_seconds(&|pid, _| pid == service_pid),
+            postgres: cpu_seconds(&|_, comm| comm == "postgres"),
+            client: cpu_seconds(&|pid, _| pid == own),
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -387,6 +443,7 @@ struct Outcome {
     latencies_us: Vec<u32>,
     rows_stored: i64,
     rss_kib_during: u64,
+    cpu: (CpuSample, CpuSample),
 }
 
 impl Outcome {
@@ -421,6 +478,14 @@ impl Outcome {
                 self.acks_per_second() / pgbench
             );
         }
+        let (before, after) = self.cpu;
+        let per_ack = |a: f64, b: f64| (b - a) * 1e6 / (self.acks.max(1) as f64);
+        println!(
+            "CPU per ack: service {:.0} µs, postgres {:.0} µs, load client {:.0} µs",
+            per_ack(before.service, after.service),
+            per_ack(before.postgres, after.postgres),
+            per_ack(before.client, after.client)
+        );
         println!(
             "service RSS during the phase {:.1} MiB (peak so far {:.1} MiB)",
             self.rss_kib_during as f64 / 1024.0,
@@ -520,6 +585,7 @@ async fn drive(
         .fetch_one(pool)
         .await
         .unwrap();
+    let cpu_before = CpuSample::now(service.child.id());
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -609,6 +675,7 @@ async fn drive(
         latencies_us.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = CpuSample::now(service.child.id());
     latencies_us.sort_unstable();
     let rows_after: i64 = sqlx::query_scalar("select count(*) from notification_events")
         .fetch_one(pool)
@@ -625,5 +692,6 @@ async fn drive(
             rows_after - rows_before
         },
         rss_kib_during,
+        cpu: (cpu_before, cpu_after),
     }
 }

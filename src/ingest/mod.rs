@@ -32,9 +32,12 @@ const MAX_BATCH_EVENTS: usize = 2000;
 /// Transactions in flight at once: overlaps one batch's WAL flush with the next one's statement.
 const FLUSHERS: usize = 2;
 /// How long a flusher holding a partial batch lets concurrent handlers add to it before it
-/// writes. Sub-millisecond, and spent yielding (tokio timers tick in milliseconds), so an idle
-/// service adds at most this much to a lone request's latency.
+/// writes: at most this long, and only while yielding keeps bringing deliveries. Sub-millisecond
+/// and spent yielding (tokio timers tick in milliseconds), so an idle service adds almost
+/// nothing to a lone request's latency and a busy one does not spin.
 const BATCH_WINDOW: Duration = Duration::from_micros(250);
+/// Yield rounds in a row that may bring nothing before the batch is written anyway.
+const IDLE_ROUNDS: u32 = 2;
 /// A batch this large is written at once, window or not.
 const FULL_BATCH_DELIVERIES: usize = 64;
 
@@ -199,7 +202,9 @@ impl Flusher {
                 let mut events = first.delivery.event_count();
                 let mut batch = vec![first];
                 let opened = std::time::Instant::now();
+                let mut idle_rounds = 0;
                 loop {
+                    let before = batch.len();
                     while events < MAX_BATCH_EVENTS {
                         match receiver.try_recv() {
                             Ok(job) => {
@@ -209,8 +214,14 @@ impl Flusher {
                             Err(_) => break,
                         }
                     }
+                    idle_rounds = if batch.len() == before {
+                        idle_rounds + 1
+                    } else {
+                        0
+                    };
                     if events >= MAX_BATCH_EVENTS
                         || batch.len() >= FULL_BATCH_DELIVERIES
+                        || idle_rounds > IDLE_ROUNDS
                         || opened.elapsed() >= BATCH_WINDOW
                     {
                         break;
