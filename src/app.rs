@@ -104,6 +104,8 @@ impl Application {
                 ews_unknown_grace: settings.exchange.ews.unknown_subscription_grace,
             },
             Arc::clone(&self.metrics),
+            // Woken after every commit; the sync worker will wait on it (polling stays the
+            // fallback across replicas).
             Arc::new(Notify::new()),
             &ingest_tasks,
             ingest_stop.clone(),

@@ -2,10 +2,10 @@
 //! before anyone is answered.
 //!
 //! Concurrent deliveries share transactions (group commit): webhook handlers hand their parsed
-//! delivery to [`Ingestor::submit`], a few flusher tasks each take everything queued at that
-//! moment, store it in one transaction and answer every waiting handler after the commit. No
-//! timer is involved: a batch is whatever arrived while the previous commit was in flight, so an
-//! idle service commits a lone request at once and a loaded one amortises each commit over many.
+//! delivery to [`Ingestor::submit`]; each of a few flusher tasks takes everything queued at that
+//! moment, plus what handlers add while it yields for a fraction of a millisecond, stores it in
+//! one statement and answers every waiting handler after the commit. A lone request on an idle
+//! service is committed at once; a loaded service amortises each commit over many requests.
 
 mod cache;
 mod decide;
@@ -50,6 +50,9 @@ pub enum IngestError {
     ShuttingDown,
     #[error("storing the delivery failed: {0}")]
     Database(#[from] sqlx::Error),
+    /// The batch this delivery was part of could not be stored (the error is shared by all).
+    #[error("storing the batch failed: {0}")]
+    Unavailable(String),
 }
 
 /// Settings of the ingest path that come from configuration.
@@ -240,7 +243,9 @@ impl Flusher {
         let deliveries: Vec<&Delivery> = batch.iter().map(|j| &j.delivery).collect();
         match self.store(&deliveries).await {
             Ok(acks) => self.answer(batch, acks),
-            Err(error) if batch.len() > 1 => {
+            // Only an error the server raised for this statement can be one delivery's fault;
+            // a dead connection or a pool timeout would just fail every retry again, slowly.
+            Err(error @ sqlx::Error::Database(_)) if batch.len() > 1 => {
                 tracing::warn!(%error, size = batch.len(), "batch not stored; retrying its deliveries one by one");
                 for job in batch {
                     let result = self.store(&[&job.delivery]).await;
@@ -251,15 +256,18 @@ impl Flusher {
                 }
             }
             Err(error) => {
-                if let Some(job) = batch.into_iter().next() {
-                    Self::refuse(job, error);
+                tracing::warn!(%error, size = batch.len(), "batch not stored; the senders will retry");
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Err(IngestError::Unavailable(error.to_string())));
                 }
             }
         }
     }
 
+    /// The handler answers 503 and logs the error (once, as every 5xx).
     fn refuse(job: Job, error: sqlx::Error) {
-        tracing::warn!(%error, "delivery not stored; the sender will retry");
         let _ = job.reply.send(Err(IngestError::Database(error)));
     }
 
