@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::helpers::{
-    binary, database_exists, drop_database, free_port, server_url, stderr, stdout,
+    binary, database_exists, drop_database, free_port, server_url, signal_and_wait, stderr, stdout,
     unique_database_name,
 };
 
@@ -213,22 +213,8 @@ async fn serve_creates_a_fresh_database_and_stops_on_sigterm_within_the_drain_bo
         .unwrap();
     assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
 
-    let signalled = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(3 + 2),
-            "serve did not stop within the drain bound"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The drain bound (3 s) plus slack for the process to exit.
+    let status = signal_and_wait(&mut child, "-TERM", Duration::from_secs(3 + 2));
     assert_eq!(status.code(), Some(0));
 
     // Nothing listens any more: the health check now fails.

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{binary, server_url};
+use crate::helpers::{binary, server_url, signal_and_wait};
 
 /// The number after `committed by the webhook: ` in a status line.
 fn committed(line: &str) -> Option<u64> {
@@ -62,22 +62,7 @@ fn the_demo_shows_changes_committed_by_the_webhook_and_stops_cleanly_on_ctrl_c()
         "{text}"
     );
 
-    let interrupted = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            interrupted.elapsed() < Duration::from_secs(20),
-            "the demo did not stop after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = signal_and_wait(&mut child, "-INT", Duration::from_secs(20));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");

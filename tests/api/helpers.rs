@@ -157,3 +157,28 @@ pub(crate) fn free_port() -> u16 {
         .expect("free port")
         .port()
 }
+
+/// Sends `signal` (e.g. `-TERM`) to `child` and waits for it to exit, failing the test when it
+/// takes longer than `bound`.
+pub(crate) fn signal_and_wait(
+    child: &mut std::process::Child,
+    signal: &str,
+    bound: std::time::Duration,
+) -> std::process::ExitStatus {
+    let sent = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            return status;
+        }
+        assert!(
+            sent.elapsed() < bound,
+            "no exit within {bound:?} of {signal}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -48,6 +48,34 @@ async fn seed_subscription(
     .unwrap()
 }
 
+/// The EWS subscription the EWS fixtures name, with `status` and a stored watermark.
+async fn seed_ews(pool: &PgPool, status: &str, last_watermark: Option<&str>) -> i64 {
+    seed_subscription(
+        pool,
+        "room-a@example.com",
+        "ews",
+        EWS_SUB,
+        status,
+        None,
+        last_watermark,
+    )
+    .await
+}
+
+/// The active Graph subscription the Graph fixtures name, with its `clientState` secret.
+async fn seed_graph(pool: &PgPool, client_state: &str) -> i64 {
+    seed_subscription(
+        pool,
+        "room-b@example.com",
+        "graph",
+        GRAPH_SUB,
+        "active",
+        Some(client_state),
+        None,
+    )
+    .await
+}
+
 async fn event_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("select count(*) from notification_events")
         .fetch_one(pool)
@@ -67,16 +95,7 @@ async fn post(app: &TestApp, content_type: &str, body: Vec<u8>) -> reqwest::Resp
 
 #[sqlx::test]
 async fn an_ews_notification_is_committed_then_answered_ok_in_soap(pool: PgPool) {
-    let sub = seed_subscription(
-        &pool,
-        "room-a@example.com",
-        "ews",
-        EWS_SUB,
-        "active",
-        None,
-        Some("AQAAAHJvb20tYS13bS0wMDAy"),
-    )
-    .await;
+    let sub = seed_ews(&pool, "active", Some("AQAAAHJvb20tYS13bS0wMDAy")).await;
     let app = TestApp::spawn(pool.clone()).await;
     let response = post(
         &app,
@@ -179,16 +198,7 @@ async fn every_ews_event_kind_is_stored_with_its_contract_kind(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_redelivered_notification_is_stored_once_and_answered_the_same(pool: PgPool) {
-    seed_subscription(
-        &pool,
-        "room-a@example.com",
-        "ews",
-        EWS_SUB,
-        "active",
-        None,
-        None,
-    )
-    .await;
+    seed_ews(&pool, "active", None).await;
     let app = TestApp::spawn(pool.clone()).await;
     let body = fixture("ews/send-notification-created.xml");
     let first = post(&app, "text/xml", body.clone())
@@ -206,16 +216,7 @@ async fn a_redelivered_notification_is_stored_once_and_answered_the_same(pool: P
             .unwrap();
     assert!(gap.is_none(), "a redelivery is not a gap");
 
-    seed_subscription(
-        &pool,
-        "room-b@example.com",
-        "graph",
-        GRAPH_SUB,
-        "active",
-        Some(GRAPH_STATE),
-        None,
-    )
-    .await;
+    seed_graph(&pool, GRAPH_STATE).await;
     let graph = fixture("graph/change-created.json");
     assert_eq!(
         post(&app, "application/json", graph.clone()).await.status(),
@@ -228,16 +229,7 @@ async fn a_redelivered_notification_is_stored_once_and_answered_the_same(pool: P
 
 #[sqlx::test]
 async fn a_previous_watermark_that_breaks_the_stored_chain_records_a_gap(pool: PgPool) {
-    let sub = seed_subscription(
-        &pool,
-        "room-a@example.com",
-        "ews",
-        EWS_SUB,
-        "active",
-        None,
-        Some("AQAAAHNvbWV0aGluZy1lbHNl"),
-    )
-    .await;
+    let sub = seed_ews(&pool, "active", Some("AQAAAHNvbWV0aGluZy1lbHNl")).await;
     let app = TestApp::spawn(pool.clone()).await;
     let response = post(
         &app,
@@ -262,16 +254,7 @@ async fn a_previous_watermark_that_breaks_the_stored_chain_records_a_gap(pool: P
 
 #[sqlx::test]
 async fn a_superseded_ews_subscription_is_answered_unsubscribe(pool: PgPool) {
-    seed_subscription(
-        &pool,
-        "room-a@example.com",
-        "ews",
-        EWS_SUB,
-        "superseded",
-        None,
-        None,
-    )
-    .await;
+    seed_ews(&pool, "superseded", None).await;
     let app = TestApp::spawn(pool.clone()).await;
     let response = post(
         &app,
@@ -343,16 +326,7 @@ async fn an_error_class_notification_marks_the_subscription_lost(pool: PgPool) {
 
 #[sqlx::test]
 async fn graph_notifications_are_committed_then_answered_202_with_an_empty_body(pool: PgPool) {
-    seed_subscription(
-        &pool,
-        "room-b@example.com",
-        "graph",
-        GRAPH_SUB,
-        "active",
-        Some(GRAPH_STATE),
-        None,
-    )
-    .await;
+    seed_graph(&pool, GRAPH_STATE).await;
     let app = TestApp::spawn(pool.clone()).await;
     let response = post(
         &app,
@@ -421,16 +395,7 @@ async fn items_that_beat_their_subscription_are_rematched_with_their_client_stat
     .unwrap();
     assert_eq!(unmatched, 2, "both wait, unmatched");
 
-    let sub = seed_subscription(
-        &pool,
-        "room-b@example.com",
-        "graph",
-        GRAPH_SUB,
-        "active",
-        Some(GRAPH_STATE),
-        None,
-    )
-    .await;
+    let sub = seed_graph(&pool, GRAPH_STATE).await;
     let done = rooms_sync::ingest::rematch(&pool, GRAPH_SUB).await.unwrap();
     assert_eq!((done.attached, done.rejected), (1, 1));
     type Row = (Option<String>, String, Option<String>, Option<i64>);
@@ -470,16 +435,7 @@ async fn items_that_beat_their_subscription_are_rematched_with_their_client_stat
 
 #[sqlx::test]
 async fn a_client_state_mismatch_is_stored_as_rejected_and_still_answered_202(pool: PgPool) {
-    seed_subscription(
-        &pool,
-        "room-b@example.com",
-        "graph",
-        GRAPH_SUB,
-        "active",
-        Some("the-real-secret"),
-        None,
-    )
-    .await;
+    seed_graph(&pool, "the-real-secret").await;
     let app = TestApp::spawn(pool.clone()).await;
     let response = post(
         &app,
@@ -734,16 +690,7 @@ async fn a_chunked_body_over_the_limit_is_refused_413_without_reading_it_all(poo
 async fn callers_outside_the_allowed_ranges_get_403_and_proxies_are_believed_only_if_trusted(
     pool: PgPool,
 ) {
-    seed_subscription(
-        &pool,
-        "room-b@example.com",
-        "graph",
-        GRAPH_SUB,
-        "active",
-        Some(GRAPH_STATE),
-        None,
-    )
-    .await;
+    seed_graph(&pool, GRAPH_STATE).await;
     let app = TestApp::spawn_with(
         pool.clone(),
         &[
@@ -789,16 +736,7 @@ async fn callers_outside_the_allowed_ranges_get_403_and_proxies_are_believed_onl
 
 #[sqlx::test]
 async fn concurrent_deliveries_are_all_committed_before_they_are_answered(pool: PgPool) {
-    seed_subscription(
-        &pool,
-        "room-b@example.com",
-        "graph",
-        GRAPH_SUB,
-        "active",
-        Some(GRAPH_STATE),
-        None,
-    )
-    .await;
+    seed_graph(&pool, GRAPH_STATE).await;
     let app = TestApp::spawn(pool.clone()).await;
     let template = String::from_utf8(fixture("graph/change-created.json")).unwrap();
     let mut handles = Vec::new();
