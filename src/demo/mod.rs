@@ -11,7 +11,7 @@
 pub mod pgtemp;
 mod subscribe;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -54,6 +54,8 @@ pub struct DemoArgs {
 /// A change made in "Exchange" and when its first notification was committed.
 #[derive(Debug, Clone)]
 struct Tracked {
+    /// Identity across redraws: the list shifts as new changes are pushed to its front.
+    seq: u64,
     change: BusyChange,
     at: DateTime<Utc>,
     seen: Option<DateTime<Utc>>,
@@ -261,6 +263,7 @@ async fn book(
 ) {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(60.0 / rate));
     let mut booked = Vec::new();
+    let mut seq = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -273,7 +276,9 @@ async fn book(
             let mut list = tracked
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            seq += 1;
             list.push_front(Tracked {
+                seq,
                 change,
                 at,
                 seen: None,
@@ -318,37 +323,45 @@ async fn show(
     Ok(())
 }
 
+/// Changes still travelling, by sequence number: the list shifts while the database is asked,
+/// as the busy office pushes new changes to its front.
+fn unseen(list: &VecDeque<Tracked>) -> Vec<(u64, String, DateTime<Utc>)> {
+    list.iter()
+        .filter(|t| t.seen.is_none())
+        .map(|t| (t.seq, t.change.item_id.clone(), t.at))
+        .collect()
+}
+
+fn mark_seen(list: &mut VecDeque<Tracked>, seen: &HashMap<u64, DateTime<Utc>>) {
+    for t in list.iter_mut() {
+        if let Some(when) = seen.get(&t.seq) {
+            t.seen = Some(*when);
+        }
+    }
+}
+
 async fn frame(
     pool: &PgPool,
     header: &str,
     tracked: &Mutex<VecDeque<Tracked>>,
 ) -> anyhow::Result<String> {
     // Match changes to the first notification committed for their item since the change.
-    let pending: Vec<(usize, String, DateTime<Utc>)> = {
-        let list = tracked
+    let pending = unseen(
+        &tracked
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        list.iter()
-            .enumerate()
-            .filter(|(_, t)| t.seen.is_none())
-            .map(|(i, t)| (i, t.change.item_id.clone(), t.at))
-            .collect()
-    };
-    let mut seen = Vec::new();
-    for (i, item, at) in pending {
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let mut seen = HashMap::new();
+    for (seq, item, at) in pending {
         if let Some(when) = db::events::first_seen_since(pool, &item, at).await? {
-            seen.push((i, item, when));
+            seen.insert(seq, when);
         }
     }
     let snapshot: Vec<Tracked> = {
         let mut list = tracked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (i, item, when) in seen {
-            if let Some(t) = list.get_mut(i).filter(|t| t.change.item_id == item) {
-                t.seen = Some(when);
-            }
-        }
+        mark_seen(&mut list, &seen);
         list.iter().cloned().collect()
     };
     let counts = db::events::counts_by_mailbox(pool).await?;
@@ -417,4 +430,46 @@ async fn frame(
          into reservations (not built yet).\nCtrl-C stops everything.",
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(seq: u64, item: &str) -> Tracked {
+        Tracked {
+            seq,
+            change: BusyChange {
+                room: "room-01@sim.example".to_owned(),
+                item_id: item.to_owned(),
+                action: "booked",
+                subject: "Busy meeting 1".to_owned(),
+            },
+            at: Utc::now(),
+            seen: None,
+        }
+    }
+
+    #[test]
+    fn a_match_lands_on_its_change_even_when_newer_changes_arrived_meanwhile() {
+        let mut list = VecDeque::from([tracked(2, "b"), tracked(1, "a")]);
+        let asked = unseen(&list);
+        assert_eq!(asked.len(), 2);
+        // While the database is asked, the busy office books two more meetings.
+        list.push_front(tracked(3, "c"));
+        list.push_front(tracked(4, "d"));
+        let when = Utc::now();
+        let seen: HashMap<u64, DateTime<Utc>> =
+            asked.iter().map(|(seq, _, _)| (*seq, when)).collect();
+        mark_seen(&mut list, &seen);
+        let marked: Vec<(&str, bool)> = list
+            .iter()
+            .map(|t| (t.change.item_id.as_str(), t.seen.is_some()))
+            .collect();
+        assert_eq!(
+            marked,
+            vec![("d", false), ("c", false), ("b", true), ("a", true)]
+        );
+        assert_eq!(unseen(&list).len(), 2);
+    }
 }
