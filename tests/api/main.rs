@@ -9,6 +9,7 @@
 
 mod cli;
 mod container;
+mod crash;
 mod demo;
 mod end_to_end;
 mod health;
