@@ -14,7 +14,6 @@ pub struct SubscriptionRow {
     pub mailbox_id: i64,
     pub status: String,
     pub client_state: Option<String>,
-    pub last_watermark: Option<String>,
 }
 
 impl SubscriptionRow {
@@ -53,8 +52,7 @@ impl EwsUpdate {
     }
 }
 
-const INGEST_COLUMNS: &str =
-    "id, remote_id, backend, mailbox_id, status, client_state, last_watermark";
+const INGEST_COLUMNS: &str = "id, remote_id, backend, mailbox_id, status, client_state";
 
 /// The subscriptions with these remote ids, of either backend.
 ///

@@ -1,6 +1,7 @@
 //! What to store for a delivery and what to answer, given the subscriptions it names.
 //!
-//! Lookup is one or two short queries inside the ingest transaction; planning is pure, so the
+//! Lookup goes through a short-lived cache (a query only for ids it misses, plus one for the
+//! EWS grace window when an id is unknown); planning is pure, so the
 //! rules (clientState, Unsubscribe, gaps, grace window) are tested without a database.
 
 use std::collections::HashMap;

@@ -38,7 +38,6 @@ fn sub(
     backend: &str,
     status: &str,
     client_state: Option<&str>,
-    last_watermark: Option<&str>,
 ) -> SubscriptionRow {
     SubscriptionRow {
         id,
@@ -47,7 +46,6 @@ fn sub(
         mailbox_id: id * 10,
         status: status.to_owned(),
         client_state: client_state.map(str::to_owned),
-        last_watermark: last_watermark.map(str::to_owned),
     }
 }
 
@@ -58,16 +56,13 @@ fn lookup(rows: Vec<SubscriptionRow>, ews_grace_open: bool) -> Lookup {
     }
 }
 
-fn active_ews(last_watermark: Option<&str>) -> Lookup {
-    lookup(
-        vec![sub(1, EWS_SUB, "ews", "active", None, last_watermark)],
-        false,
-    )
+fn active_ews() -> Lookup {
+    lookup(vec![sub(1, EWS_SUB, "ews", "active", None)], false)
 }
 
 #[test]
 fn ews_events_of_an_active_subscription_are_pending_and_advance_the_watermark() {
-    let plan = plan(&[&ews()], &active_ews(Some(EWS_PREVIOUS)));
+    let plan = plan(&[&ews()], &active_ews());
     assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Ok)]);
     let kinds: Vec<(&str, &str, Option<i64>)> = plan
         .events
@@ -119,7 +114,7 @@ fn ews_next(previous: &str, suffix: &str) -> Delivery {
 fn consecutive_notifications_in_one_batch_continue_the_chain_without_a_gap() {
     let first = ews();
     let second = ews_next(EWS_LAST, "b");
-    let plan = plan(&[&first, &second], &active_ews(None));
+    let plan = plan(&[&first, &second], &active_ews());
     assert_eq!(plan.ews_updates.len(), 1);
     let update = &plan.ews_updates[0];
     assert_eq!(update.first_previous.as_deref(), Some(EWS_PREVIOUS));
@@ -131,7 +126,7 @@ fn consecutive_notifications_in_one_batch_continue_the_chain_without_a_gap() {
 fn a_break_between_notifications_of_one_batch_is_a_gap() {
     let first = ews();
     let second = ews_next("WM-somewhere-else", "c");
-    let plan = plan(&[&first, &second], &active_ews(None));
+    let plan = plan(&[&first, &second], &active_ews());
     assert!(plan.ews_updates[0].inner_gap);
 }
 
@@ -139,7 +134,7 @@ fn a_break_between_notifications_of_one_batch_is_a_gap() {
 fn the_same_notification_twice_in_one_batch_keeps_the_chain_without_a_gap() {
     let first = ews();
     let again = ews();
-    let plan = plan(&[&first, &again], &active_ews(Some(EWS_PREVIOUS)));
+    let plan = plan(&[&first, &again], &active_ews());
     assert_eq!(plan.ews_updates.len(), 1);
     assert!(!plan.ews_updates[0].inner_gap);
     // Both are stored; the database's dedupe key keeps one of each.
@@ -149,7 +144,7 @@ fn the_same_notification_twice_in_one_batch_keeps_the_chain_without_a_gap() {
 
 #[test]
 fn a_superseded_subscription_is_told_to_unsubscribe_and_its_events_are_not_acted_on() {
-    let lookup = lookup(vec![sub(1, EWS_SUB, "ews", "superseded", None, None)], true);
+    let lookup = lookup(vec![sub(1, EWS_SUB, "ews", "superseded", None)], true);
     let plan = plan(&[&ews()], &lookup);
     assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Unsubscribe)]);
     assert!(
@@ -188,7 +183,7 @@ fn an_error_class_message_marks_the_subscription_lost_and_is_still_acknowledged(
     let delivery = Delivery::ews(parsed, EWS_ERROR);
     let plan = plan(
         &[&delivery],
-        &lookup(vec![sub(7, &lost_id, "ews", "active", None, None)], false),
+        &lookup(vec![sub(7, &lost_id, "ews", "active", None)], false),
     );
     assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Ok)]);
     assert_eq!(plan.ews_updates.len(), 1);
@@ -202,14 +197,7 @@ fn an_error_class_message_marks_the_subscription_lost_and_is_still_acknowledged(
 #[test]
 fn graph_items_with_the_right_client_state_are_pending() {
     let lookup = lookup(
-        vec![sub(
-            2,
-            GRAPH_SUB,
-            "graph",
-            "active",
-            Some(GRAPH_STATE),
-            None,
-        )],
+        vec![sub(2, GRAPH_SUB, "graph", "active", Some(GRAPH_STATE))],
         false,
     );
     let plan = plan(&[&graph()], &lookup);
@@ -227,14 +215,7 @@ fn graph_items_with_the_right_client_state_are_pending() {
 #[test]
 fn a_client_state_mismatch_is_kept_for_forensics_but_never_acted_on() {
     let lookup = lookup(
-        vec![sub(
-            2,
-            GRAPH_SUB,
-            "graph",
-            "active",
-            Some("another-secret"),
-            None,
-        )],
+        vec![sub(2, GRAPH_SUB, "graph", "active", Some("another-secret"))],
         false,
     );
     let plan = plan(&[&graph()], &lookup);
@@ -255,7 +236,7 @@ fn a_graph_item_for_an_unknown_subscription_waits_unmatched() {
 fn a_subscription_id_of_the_other_backend_does_not_match() {
     // An EWS id that happens to equal a Graph id must not lend its secret or status.
     let lookup = lookup(
-        vec![sub(2, GRAPH_SUB, "ews", "active", Some(GRAPH_STATE), None)],
+        vec![sub(2, GRAPH_SUB, "ews", "active", Some(GRAPH_STATE))],
         false,
     );
     let plan = plan(&[&graph()], &lookup);
