@@ -211,7 +211,7 @@ fn hostile_bodies() {
     let rounds = 20_000_u32;
     let started = Instant::now();
     for _ in 0..rounds {
-        assert!(rooms_sync::soap::parse_send_notification(&laughs).is_err());
+        assert!(rooms_sync::ews::parse_send_notification(&laughs).is_err());
     }
     let laughs_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
     let started = Instant::now();

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use crate::config::{Backend, Settings};
 use crate::db;
 use crate::db::subscriptions::NewSubscription;
-use crate::simulator::xml;
+use crate::ews::tree as xml;
 
 /// Subscribes every configured room; returns how many were subscribed.
 pub(super) async fn subscribe_all(settings: &Settings, pool: &PgPool) -> anyhow::Result<usize> {

@@ -16,9 +16,9 @@ use axum::routing::post;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::{ApiError, AppState, WEBHOOK_PATH, source};
+use crate::ews::{parse_send_notification, send_notification_result};
 use crate::graph::notification::{parse_notification_collection, validation_token};
 use crate::ingest::{Ack, Delivery};
-use crate::soap::{parse_send_notification, send_notification_result};
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let limit = state.settings.http.webhook_max_body_bytes;

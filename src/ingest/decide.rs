@@ -14,10 +14,10 @@ use super::IngestOptions;
 use super::cache::SubscriptionCache;
 use crate::db::events::NewEvent;
 use crate::db::subscriptions::{EwsUpdate, SubscriptionRow};
-use crate::graph::notification::{GraphKind, GraphNotification, client_state_matches};
-use crate::soap::{
+use crate::ews::{
     Event, EventKind, NotificationMessage, ObjectRef, SendNotification, SubscriptionStatus,
 };
+use crate::graph::notification::{GraphKind, GraphNotification, client_state_matches};
 
 /// One webhook POST, parsed.
 #[derive(Debug)]
@@ -304,7 +304,7 @@ fn plan_graph(
 }
 
 /// The stored form of one EWS event, with its notification's context.
-fn ews_payload(n: &crate::soap::Notification, event: &Event) -> String {
+fn ews_payload(n: &crate::ews::Notification, event: &Event) -> String {
     let object = |o: &Option<ObjectRef>| {
         o.as_ref().map(|o| {
             let (kind, r) = match o {
@@ -314,7 +314,7 @@ fn ews_payload(n: &crate::soap::Notification, event: &Event) -> String {
             json!({ "type": kind, "id": r.id, "changeKey": r.change_key })
         })
     };
-    let folder = |r: &Option<crate::soap::ItemRef>| {
+    let folder = |r: &Option<crate::ews::ItemRef>| {
         r.as_ref()
             .map(|r| json!({ "id": r.id, "changeKey": r.change_key }))
     };

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::SimError;
-use crate::soap::EventKind;
+use crate::ews::EventKind;
 
 /// A meeting as the control API books it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

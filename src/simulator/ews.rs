@@ -19,11 +19,9 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::calendar::{EwsLogEvent, EwsTarget, Instance, InstanceKind, Room};
 use super::control::EwsSubscriptionSnapshot;
-use super::xml::{self, Node, esc};
 use super::{AppState, Shared, authorized, ews_datetime, push};
-use crate::soap::{
-    EventKind, NS_MESSAGES, NS_SOAP11, NS_TYPES, Ns, SubscriptionStatus, Tok, XmlIn,
-};
+use crate::ews::tree::{self as xml, Node, esc};
+use crate::ews::{EventKind, NS_MESSAGES, NS_SOAP11, NS_TYPES, Ns, SubscriptionStatus, Tok, XmlIn};
 
 /// The service account EWS accepts with HTTP Basic (`EwsAuth=basic`), besides bearer tokens.
 pub const EWS_BASIC_USER: &str = "sim-ews@sim.example";
@@ -801,7 +799,7 @@ pub(crate) fn parse_reply(body: &[u8]) -> Option<SubscriptionStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::soap::{SubscriptionStatus, send_notification_result};
+    use crate::ews::{SubscriptionStatus, send_notification_result};
 
     #[test]
     fn basic_credentials_of_the_sim_account_are_accepted_and_others_refused() {

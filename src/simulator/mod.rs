@@ -32,7 +32,6 @@ pub mod ews;
 pub mod graph;
 pub mod oauth;
 pub mod push;
-pub(crate) mod xml;
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use super::control::{Backend, LifecycleKind, PushRecord};
 use super::ews::{self, OutEvent};
 use super::graph::purge_expired;
 use super::{Shared, SimError, odata_time};
-use crate::soap::SubscriptionStatus;
+use crate::ews::SubscriptionStatus;
 
 /// Graph deliveries attempted per notification before it is given up.
 pub(crate) const GRAPH_MAX_ATTEMPTS: u32 = 4;

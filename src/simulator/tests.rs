@@ -15,13 +15,13 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::xml::{self, Node};
 use super::*;
-use crate::graph::notification::{GraphKind, parse_notification_collection, validation_token};
-use crate::soap::{
+use crate::ews::tree::{self as xml, Node};
+use crate::ews::{
     EventKind, NotificationMessage, SubscriptionStatus, parse_send_notification,
     send_notification_result,
 };
+use crate::graph::notification::{GraphKind, parse_notification_collection, validation_token};
 
 const SCALE: f64 = 600.0;
 const ROOM: &str = "room1@sim.example";
@@ -780,7 +780,7 @@ async fn a_recurring_series_of_five_appears_as_five_occurrences_in_calendar_view
 
 // ---- EWS push ----------------------------------------------------------------------
 
-fn notification_of(body: &str) -> crate::soap::Notification {
+fn notification_of(body: &str) -> crate::ews::Notification {
     let parsed = parse_send_notification(body.as_bytes()).unwrap();
     match parsed.messages.into_iter().next().unwrap() {
         NotificationMessage::Notification(n) => n,

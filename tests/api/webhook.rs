@@ -297,7 +297,7 @@ async fn an_unknown_ews_subscription_is_answered_unsubscribe_after_the_grace_win
 #[sqlx::test]
 async fn an_error_class_notification_marks_the_subscription_lost(pool: PgPool) {
     let body = fixture("ews/send-notification-error-readeventsfailed.xml");
-    let parsed = rooms_sync::soap::parse_send_notification(&body).unwrap();
+    let parsed = rooms_sync::ews::parse_send_notification(&body).unwrap();
     let remote = parsed.subscription_ids().next().unwrap().to_owned();
     let sub = seed_subscription(
         &pool,

@@ -1,6 +1,6 @@
 use super::*;
+use crate::ews::parse_send_notification;
 use crate::graph::notification::parse_notification_collection;
-use crate::soap::parse_send_notification;
 
 const EWS_CREATED: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),

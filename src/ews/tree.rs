@@ -1,8 +1,9 @@
-//! A small element tree over the project's safe XML reader (`crate::soap::XmlIn`), so the
-//! EWS handlers can read requests by namespace and local name without a second XML policy,
-//! plus text escaping for the responses the simulator writes.
+//! A small element tree over the safe XML reader ([`XmlIn`]), for EWS documents that are read
+//! whole rather than streamed (operation responses in the client, requests in the simulator),
+//! so both read by namespace and local name under one XML policy; plus text escaping for XML
+//! written by hand.
 
-use crate::soap::{Ns, SoapError, Tok, XmlIn};
+use super::{Ns, SoapError, Tok, XmlIn};
 
 /// Attributes kept on elements; the reader asks for attributes by name.
 const ATTRS: [&str; 10] = [

@@ -583,7 +583,7 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, SoapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::soap::MAX_DEPTH;
+    use crate::ews::MAX_DEPTH;
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -1084,7 +1084,7 @@ mod tests {
     </{m}SendNotification>
   </{e}Body>
 </{e}Envelope>"#,
-            types = crate::soap::NS_TYPES,
+            types = crate::ews::NS_TYPES,
         )
     }
 
@@ -1095,8 +1095,8 @@ mod tests {
             "m:",
             &format!(
                 r#"xmlns:m="{}" xmlns:t="{}""#,
-                crate::soap::NS_MESSAGES,
-                crate::soap::NS_TYPES
+                crate::ews::NS_MESSAGES,
+                crate::ews::NS_TYPES
             ),
             "t:",
             "",
@@ -1105,7 +1105,7 @@ mod tests {
 
     #[test]
     fn the_same_document_parses_equal_with_soap11_soap_s_default_and_redeclared_prefixes() {
-        use crate::soap::{NS_MESSAGES, NS_SOAP11, NS_SOAP12, NS_TYPES};
+        use crate::ews::{NS_MESSAGES, NS_SOAP11, NS_SOAP12, NS_TYPES};
         let expected = parse(prefixed("soap11", NS_SOAP11).as_bytes());
         let n = match expected.messages.as_slice() {
             [NotificationMessage::Notification(n)] => n,
@@ -1158,7 +1158,7 @@ mod tests {
         // Right local names, wrong namespace: nothing is a SendNotification.
         let body = variant(
             "s:",
-            &format!(r#"xmlns:s="{}""#, crate::soap::NS_SOAP11),
+            &format!(r#"xmlns:s="{}""#, crate::ews::NS_SOAP11),
             "m:",
             r#"xmlns:m="urn:elsewhere" xmlns:t="urn:elsewhere""#,
             "t:",

@@ -1,5 +1,7 @@
-//! SOAP/EWS XML in and out: parses the `SendNotification` bodies that Exchange
-//! POSTs to the push callback and builds the `SendNotificationResult` replies.
+//! EWS on the wire, both directions, with no HTTP client and no database: parses the
+//! `SendNotification` bodies that Exchange POSTs to the push callback and builds the
+//! `SendNotificationResult` replies; writes the operation requests the client sends and reads
+//! their responses.
 //!
 //! This module knows nothing about HTTP or the database. It takes bytes and
 //! returns a typed model (or a [`SoapError`] whose text is fit for an HTTP 400
@@ -18,6 +20,7 @@ use quick_xml::{NsReader, XmlVersion};
 
 pub mod notification;
 pub mod response;
+pub mod tree;
 
 pub use notification::{
     ErrorMessage, Event, EventKind, ItemRef, Notification, NotificationMessage, ObjectRef,
