@@ -19,6 +19,7 @@ use quick_xml::name::ResolveResult;
 use quick_xml::{NsReader, XmlVersion};
 
 pub mod notification;
+mod outcome;
 mod request;
 pub mod response;
 pub mod tree;
@@ -27,6 +28,7 @@ pub use notification::{
     ErrorMessage, Event, EventKind, ItemRef, Notification, NotificationMessage, ObjectRef,
     SendNotification, parse_send_notification,
 };
+pub use outcome::{ErrorClass, EwsError, ResponseCode, ResponseError};
 pub use request::{CONTENT_TYPE, RequestError, ServerVersion};
 pub use response::{SubscriptionStatus, send_notification_result};
 
