@@ -22,6 +22,7 @@ pub mod notification;
 mod outcome;
 mod request;
 pub mod response;
+mod subscribe;
 pub mod tree;
 
 pub use notification::{
@@ -31,6 +32,10 @@ pub use notification::{
 pub use outcome::{ErrorClass, EwsError, ResponseCode, ResponseError};
 pub use request::{CONTENT_TYPE, RequestError, ServerVersion};
 pub use response::{SubscriptionStatus, send_notification_result};
+pub use subscribe::{
+    EventType, PushSubscribe, STATUS_FREQUENCY_MINUTES, SubscribeResult, Subscription,
+    parse_subscribe_response,
+};
 
 /// SOAP 1.1 envelope namespace (what Exchange sends).
 pub const NS_SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
