@@ -23,6 +23,7 @@ mod outcome;
 mod request;
 pub mod response;
 mod subscribe;
+mod sync;
 pub mod tree;
 
 pub use notification::{
@@ -35,6 +36,12 @@ pub use response::{SubscriptionStatus, send_notification_result};
 pub use subscribe::{
     EventType, PushSubscribe, STATUS_FREQUENCY_MINUTES, SubscribeResult, Subscription,
     parse_subscribe_response,
+};
+pub use sync::{
+    CalendarItem, CalendarItemType, CalendarViewPage, ChangeKind, FetchedItem, FindCalendarView,
+    GetCalendarItems, ItemChange, MAX_CALENDAR_VIEW, MAX_SYNC_CHANGES, Organizer, SyncChanges,
+    SyncFolderItems, parse_find_item_response, parse_get_item_response,
+    parse_sync_folder_items_response,
 };
 
 /// SOAP 1.1 envelope namespace (what Exchange sends).

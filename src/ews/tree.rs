@@ -6,7 +6,7 @@
 use super::{Ns, SoapError, Tok, XmlIn};
 
 /// Attributes kept on elements; the reader asks for attributes by name.
-const ATTRS: [&str; 10] = [
+const ATTRS: [&str; 12] = [
     "Id",
     "ChangeKey",
     "StartDate",
@@ -17,6 +17,8 @@ const ATTRS: [&str; 10] = [
     "TotalItemsInView",
     "IncludesLastItemInRange",
     "Version",
+    "FieldURI",
+    "Traversal",
 ];
 
 /// One element.
