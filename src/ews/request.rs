@@ -61,9 +61,9 @@ pub enum RequestError {
         /// The element or attribute that would hold it.
         what: &'static str,
     },
-    /// A value holds a character XML 1.0 cannot carry (NUL, C0 controls, unpaired
-    /// surrogates' replacements...), or a tab or line break where an attribute would turn it
-    /// into a space.
+    /// A value holds a character XML 1.0 cannot carry (NUL and the other C0 controls but
+    /// tab, CR and LF; U+FFFE, U+FFFF), or a tab or line break where an attribute would turn
+    /// it into a space.
     #[error("{what} holds a character that cannot be sent in XML")]
     NotXmlText {
         /// The element or attribute that would hold it.
