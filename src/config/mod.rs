@@ -88,28 +88,7 @@ pub struct ServiceRoles {
     pub worker: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Ews,
-    Graph,
-}
-
-impl Backend {
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Ews => "ews",
-            Self::Graph => "graph",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::domain::Backend;
 
 /// One configured room mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

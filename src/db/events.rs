@@ -3,18 +3,19 @@
 use sqlx::PgExecutor;
 
 use super::subscriptions::EwsUpdate;
+use crate::domain::{Backend, EventStatus, RejectReason};
 
 /// An event as ingress stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
-    pub backend: &'static str,
+    pub backend: Backend,
     pub remote_subscription_id: Option<String>,
     pub subscription_id: Option<i64>,
     pub mailbox_id: Option<i64>,
     pub kind: String,
     pub item_id: Option<String>,
-    pub status: &'static str,
-    pub reject_reason: Option<&'static str>,
+    pub status: EventStatus,
+    pub reject_reason: Option<RejectReason>,
     pub dedupe_key: String,
     /// JSON text of the event as received.
     pub payload: String,
@@ -35,8 +36,8 @@ pub async fn store_batch(
     events: &[NewEvent],
     ews: &[EwsUpdate],
     graph_touched: &[i64],
-) -> Result<Vec<(&'static str, String)>, sqlx::Error> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
+) -> Result<Vec<(Backend, String)>, sqlx::Error> {
+    sqlx::query_as(
         "with inserted as (
              insert into notification_events
                  (backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
@@ -79,7 +80,12 @@ pub async fn store_batch(
          )
          select backend, kind from inserted",
     )
-    .bind(events.iter().map(|e| e.backend).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.backend.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(
         events
             .iter()
@@ -95,8 +101,13 @@ pub async fn store_batch(
             .map(|e| e.item_id.as_deref())
             .collect::<Vec<_>>(),
     )
-    .bind(events.iter().map(|e| e.status).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.reject_reason).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.status.as_str()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.reject_reason.map(RejectReason::as_str))
+            .collect::<Vec<_>>(),
+    )
     .bind(
         events
             .iter()
@@ -134,11 +145,7 @@ pub async fn store_batch(
     )
     .bind(graph_touched)
     .fetch_all(executor)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(backend, kind)| (if backend == "ews" { "ews" } else { "graph" }, kind))
-        .collect())
+    .await
 }
 
 /// Events stored per mailbox, for status views.
@@ -234,7 +241,7 @@ pub struct UnmatchedEvent {
 /// Database errors.
 pub async fn unmatched(
     executor: impl PgExecutor<'_>,
-    backend: &str,
+    backend: Backend,
     remote_id: &str,
 ) -> Result<Vec<UnmatchedEvent>, sqlx::Error> {
     sqlx::query_as(
@@ -258,7 +265,7 @@ pub async fn attach(
     mailbox_id: i64,
     accepted: &[i64],
     rejected: &[i64],
-    reason: &str,
+    reason: RejectReason,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "update notification_events set
@@ -271,8 +278,55 @@ pub async fn attach(
     .bind(mailbox_id)
     .bind(accepted)
     .bind(rejected)
-    .bind(reason)
+    .bind(reason.as_str())
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// A Graph lifecycle notification waiting for subscription upkeep.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LifecycleEvent {
+    pub id: i64,
+    pub kind: String,
+    /// The subscription it was matched to (the mailbox's active one, or an older one).
+    pub subscription_id: Option<i64>,
+}
+
+/// The pending lifecycle notifications of a mailbox, oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn pending_lifecycle(
+    executor: impl PgExecutor<'_>,
+    mailbox_id: i64,
+) -> Result<Vec<LifecycleEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, kind, subscription_id from notification_events
+         where mailbox_id = $1 and status = 'pending'
+           and kind in ('reauthorization_required', 'subscription_removed', 'missed')
+         order by id",
+    )
+    .bind(mailbox_id)
+    .fetch_all(executor)
+    .await
+}
+
+/// Marks events as acted on.
+///
+/// # Errors
+/// Database errors.
+pub async fn mark_done(executor: impl PgExecutor<'_>, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "update notification_events
+         set status = 'done', processed_at = now(), attempts = attempts + 1, locked_until = null
+         where id = any($1) and status in ('pending', 'processing')",
+    )
+    .bind(ids)
+    .execute(executor)
+    .await?;
+    Ok(())
 }

@@ -14,6 +14,7 @@ use super::IngestOptions;
 use super::cache::SubscriptionCache;
 use crate::db::events::NewEvent;
 use crate::db::subscriptions::{EwsUpdate, SubscriptionRow};
+use crate::domain::{Backend, EventStatus, RejectReason};
 use crate::ews::{
     Event, EventKind, NotificationMessage, ObjectRef, SendNotification, SubscriptionStatus,
 };
@@ -99,9 +100,11 @@ pub(super) async fn lookup(
     ids.sort_unstable();
     ids.dedup();
     let by_remote_id = cache.resolve(pool, &ids).await?;
-    let unknown_ews = ews_ids
-        .iter()
-        .any(|id| by_remote_id.get(*id).is_none_or(|s| s.backend != "ews"));
+    let unknown_ews = ews_ids.iter().any(|id| {
+        by_remote_id
+            .get(*id)
+            .is_none_or(|s| s.backend != Backend::Ews)
+    });
     let ews_grace_open = unknown_ews
         && crate::db::subscriptions::ews_subscribed_within(pool, options.ews_unknown_grace).await?;
     Ok(Lookup {
@@ -120,14 +123,6 @@ pub(super) struct Plan {
 }
 
 /// Why a stored event is not to be acted on.
-mod reason {
-    pub(super) const CLIENT_STATE_MISMATCH: &str = "client_state_mismatch";
-    pub(super) const INACTIVE_SUBSCRIPTION: &str = "inactive_subscription";
-    pub(super) const UNKNOWN_SUBSCRIPTION: &str = "unknown_subscription";
-    pub(super) const UNKNOWN_CHANGE_TYPE: &str = "unknown_change_type";
-    pub(super) const KEEP_ALIVE: &str = "keep_alive";
-}
-
 pub(super) fn plan(deliveries: &[&Delivery], lookup: &Lookup) -> Plan {
     let mut plan = Plan::default();
     let mut ews: HashMap<i64, EwsUpdate> = HashMap::new();
@@ -167,23 +162,25 @@ fn plan_ews(
                 let sub = lookup
                     .by_remote_id
                     .get(&n.subscription_id)
-                    .filter(|s| s.backend == "ews");
+                    .filter(|s| s.backend == Backend::Ews);
                 let (wanted, reject) = match sub {
                     Some(s) if s.is_wanted() => (true, None),
-                    Some(_) => (false, Some(reason::INACTIVE_SUBSCRIPTION)),
+                    Some(_) => (false, Some(RejectReason::InactiveSubscription)),
                     None if lookup.ews_grace_open => (true, None),
-                    None => (false, Some(reason::UNKNOWN_SUBSCRIPTION)),
+                    None => (false, Some(RejectReason::UnknownSubscription)),
                 };
                 any_wanted |= wanted;
                 for event in &n.events {
                     let (status, reject) = match (reject, event.kind) {
-                        (Some(r), _) => ("ignored", Some(r)),
-                        (None, EventKind::Status) => ("ignored", Some(reason::KEEP_ALIVE)),
-                        (None, _) => ("pending", None),
+                        (Some(r), _) => (EventStatus::Ignored, Some(r)),
+                        (None, EventKind::Status) => {
+                            (EventStatus::Ignored, Some(RejectReason::KeepAlive))
+                        }
+                        (None, _) => (EventStatus::Pending, None),
                     };
                     let payload = ews_payload(n, event);
                     plan.events.push(NewEvent {
-                        backend: "ews",
+                        backend: Backend::Ews,
                         remote_subscription_id: Some(n.subscription_id.clone()),
                         subscription_id: sub.map(|s| s.id),
                         mailbox_id: sub.map(|s| s.mailbox_id),
@@ -225,7 +222,7 @@ fn plan_ews(
                     .subscription_id
                     .as_deref()
                     .and_then(|id| lookup.by_remote_id.get(id))
-                    .filter(|s| s.backend == "ews");
+                    .filter(|s| s.backend == Backend::Ews);
                 match sub {
                     Some(sub) => {
                         updates
@@ -260,31 +257,37 @@ fn plan_graph(
         let sub = lookup
             .by_remote_id
             .get(&item.subscription_id)
-            .filter(|s| s.backend == "graph");
+            .filter(|s| s.backend == Backend::Graph);
         // Unknown subscriptions stay pending and unmatched: the worker matches them (and checks
         // their clientState) once the create response has been stored.
         let (status, reject) = match sub {
-            Some(s) if !s.is_wanted() => ("ignored", Some(reason::INACTIVE_SUBSCRIPTION)),
+            Some(s) if !s.is_wanted() => (
+                EventStatus::Ignored,
+                Some(RejectReason::InactiveSubscription),
+            ),
             Some(s)
                 if !client_state_matches(
                     item.client_state.as_deref(),
                     s.client_state.as_deref().unwrap_or(""),
                 ) =>
             {
-                ("ignored", Some(reason::CLIENT_STATE_MISMATCH))
+                (
+                    EventStatus::Ignored,
+                    Some(RejectReason::ClientStateMismatch),
+                )
             }
             _ if matches!(item.kind, GraphKind::Unknown(_)) => {
-                ("ignored", Some(reason::UNKNOWN_CHANGE_TYPE))
+                (EventStatus::Ignored, Some(RejectReason::UnknownChangeType))
             }
-            _ => ("pending", None),
+            _ => (EventStatus::Pending, None),
         };
         if let Some(s) = sub
-            && status == "pending"
+            && status == EventStatus::Pending
         {
             plan.graph_touched.push(s.id);
         }
         plan.events.push(NewEvent {
-            backend: "graph",
+            backend: Backend::Graph,
             remote_subscription_id: Some(item.subscription_id.clone()),
             subscription_id: sub.map(|s| s.id),
             mailbox_id: sub.map(|s| s.mailbox_id),

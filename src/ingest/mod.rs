@@ -85,10 +85,10 @@ pub async fn rematch(pool: &PgPool, remote_id: &str) -> Result<Rematched, sqlx::
     else {
         return Ok(Rematched::default());
     };
-    let events = db::events::unmatched(pool, &sub.backend, remote_id).await?;
+    let events = db::events::unmatched(pool, sub.backend, remote_id).await?;
     let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
     for event in events {
-        let genuine = sub.backend != "graph"
+        let genuine = sub.backend != crate::domain::Backend::Graph
             || crate::graph::notification::client_state_matches(
                 event.client_state.as_deref(),
                 sub.client_state.as_deref().unwrap_or(""),
@@ -108,7 +108,7 @@ pub async fn rematch(pool: &PgPool, remote_id: &str) -> Result<Rematched, sqlx::
         sub.mailbox_id,
         &accepted,
         &rejected,
-        "client_state_mismatch",
+        crate::domain::RejectReason::ClientStateMismatch,
     )
     .await?;
     Ok(Rematched {
@@ -302,7 +302,10 @@ impl Flusher {
         for (backend, kind) in stored {
             self.metrics
                 .events_received
-                .get_or_create(&EventLabels { backend, kind })
+                .get_or_create(&EventLabels {
+                    backend: backend.as_str(),
+                    kind,
+                })
                 .inc();
         }
         Ok(plan.acks)

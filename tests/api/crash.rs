@@ -37,20 +37,26 @@ async fn every_acknowledged_notification_survives_a_kill_9_under_load() {
     let migrate = binary(dir.path(), &env).arg("migrate").output().unwrap();
     assert!(migrate.status.success());
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let mailbox = rooms_sync::db::mailboxes::upsert(&pool, "room@example.com", "graph")
-        .await
-        .unwrap();
+    let mailbox = rooms_sync::db::mailboxes::upsert(
+        &pool,
+        "room@example.com",
+        rooms_sync::domain::Backend::Graph,
+    )
+    .await
+    .unwrap();
     rooms_sync::db::subscriptions::insert(
         &pool,
         &rooms_sync::db::subscriptions::NewSubscription {
             mailbox_id: mailbox,
-            backend: "graph",
+            backend: rooms_sync::domain::Backend::Graph,
             remote_id: Some(SUB),
-            status: "active",
+            status: rooms_sync::domain::SubscriptionState::Active,
             client_state: Some(STATE),
             callback_url: "https://h.example/api/webhooks/exchange",
             expires_at: None,
             last_watermark: None,
+            resource: None,
+            status_frequency_minutes: None,
         },
     )
     .await

@@ -30,18 +30,22 @@ async fn seed_subscription(
     client_state: Option<&str>,
     last_watermark: Option<&str>,
 ) -> i64 {
-    let mailbox = db::mailboxes::upsert(pool, address, backend).await.unwrap();
+    let mailbox = db::mailboxes::upsert(pool, address, backend.parse().unwrap())
+        .await
+        .unwrap();
     db::subscriptions::insert(
         pool,
         &NewSubscription {
             mailbox_id: mailbox,
-            backend,
+            backend: backend.parse().unwrap(),
             remote_id: Some(remote_id),
-            status,
+            status: status.parse().unwrap(),
             client_state,
             callback_url: "https://h.example/api/webhooks/exchange",
             expires_at: None,
             last_watermark,
+            resource: None,
+            status_frequency_minutes: None,
         },
     )
     .await

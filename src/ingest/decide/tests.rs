@@ -1,4 +1,5 @@
 use super::*;
+use crate::domain::{Backend, EventStatus, RejectReason, SubscriptionState};
 use crate::ews::parse_send_notification;
 use crate::graph::notification::parse_notification_collection;
 
@@ -42,9 +43,16 @@ fn sub(
     SubscriptionRow {
         id,
         remote_id: remote_id.to_owned(),
-        backend: backend.to_owned(),
+        backend: match backend {
+            "ews" => Backend::Ews,
+            _ => Backend::Graph,
+        },
         mailbox_id: id * 10,
-        status: status.to_owned(),
+        status: match status {
+            "active" => SubscriptionState::Active,
+            "pending" => SubscriptionState::Pending,
+            _ => SubscriptionState::Superseded,
+        },
         client_state: client_state.map(str::to_owned),
     }
 }
@@ -67,7 +75,7 @@ fn ews_events_of_an_active_subscription_are_pending_and_advance_the_watermark() 
     let kinds: Vec<(&str, &str, Option<i64>)> = plan
         .events
         .iter()
-        .map(|e| (e.kind.as_str(), e.status, e.mailbox_id))
+        .map(|e| (e.kind.as_str(), e.status.as_str(), e.mailbox_id))
         .collect();
     assert_eq!(
         kinds,
@@ -147,11 +155,8 @@ fn a_superseded_subscription_is_told_to_unsubscribe_and_its_events_are_not_acted
     let lookup = lookup(vec![sub(1, EWS_SUB, "ews", "superseded", None)], true);
     let plan = plan(&[&ews()], &lookup);
     assert_eq!(plan.acks, vec![Ack::Ews(SubscriptionStatus::Unsubscribe)]);
-    assert!(
-        plan.events
-            .iter()
-            .all(|e| e.status == "ignored" && e.reject_reason == Some("inactive_subscription"))
-    );
+    assert!(plan.events.iter().all(|e| e.status.as_str() == "ignored"
+        && e.reject_reason.map(RejectReason::as_str) == Some("inactive_subscription")));
 }
 
 #[test]
@@ -162,7 +167,7 @@ fn an_unknown_subscription_is_welcome_within_the_grace_window_and_refused_after(
         within
             .events
             .iter()
-            .all(|e| e.status == "pending" && e.subscription_id.is_none())
+            .all(|e| e.status.as_str() == "pending" && e.subscription_id.is_none())
     );
     assert!(within.ews_updates.is_empty());
 
@@ -172,7 +177,7 @@ fn an_unknown_subscription_is_welcome_within_the_grace_window_and_refused_after(
         after
             .events
             .iter()
-            .all(|e| e.reject_reason == Some("unknown_subscription"))
+            .all(|e| e.reject_reason.map(RejectReason::as_str) == Some("unknown_subscription"))
     );
 }
 
@@ -206,7 +211,7 @@ fn graph_items_with_the_right_client_state_are_pending() {
     let e = &plan.events[0];
     assert_eq!(
         (e.kind.as_str(), e.status, e.reject_reason),
-        ("created", "pending", None)
+        ("created", EventStatus::Pending, None)
     );
     assert_eq!(e.item_id.as_deref(), Some("AAMkAGF1cm9yYS1ldnQtMDAxAA=="));
     assert_eq!(plan.graph_touched, vec![2]);
@@ -220,15 +225,18 @@ fn a_client_state_mismatch_is_kept_for_forensics_but_never_acted_on() {
     );
     let plan = plan(&[&graph()], &lookup);
     assert_eq!(plan.acks, vec![Ack::Graph]);
-    assert_eq!(plan.events[0].status, "ignored");
-    assert_eq!(plan.events[0].reject_reason, Some("client_state_mismatch"));
+    assert_eq!(plan.events[0].status.as_str(), "ignored");
+    assert_eq!(
+        plan.events[0].reject_reason.map(RejectReason::as_str),
+        Some("client_state_mismatch")
+    );
     assert!(plan.graph_touched.is_empty());
 }
 
 #[test]
 fn a_graph_item_for_an_unknown_subscription_waits_unmatched() {
     let plan = plan(&[&graph()], &lookup(vec![], false));
-    assert_eq!(plan.events[0].status, "pending");
+    assert_eq!(plan.events[0].status.as_str(), "pending");
     assert_eq!(plan.events[0].subscription_id, None);
 }
 
