@@ -5,3 +5,4 @@
 //! Postgres, so it can be called from the webhook hot path and tested alone.
 
 pub mod notification;
+pub mod subscription;
