@@ -25,6 +25,8 @@ use crate::graph::notification::{GraphKind, parse_notification_collection, valid
 
 const SCALE: f64 = 600.0;
 const ROOM: &str = "room1@sim.example";
+const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+const EWS_SCOPE: &str = "https://outlook.office365.com/.default";
 
 // ---- harness ---------------------------------------------------------------
 
@@ -58,22 +60,32 @@ impl Sim {
         self.handle.control()
     }
 
-    async fn token_with(&self, secret: &str) -> reqwest::Response {
+    async fn token_with(&self, secret: &str, scope: &str) -> reqwest::Response {
         self.http
             .post(self.url("/sim-tenant/oauth2/v2.0/token"))
             .form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", "sim-client"),
                 ("client_secret", secret),
-                ("scope", "https://graph.microsoft.com/.default"),
+                ("scope", scope),
             ])
             .send()
             .await
             .unwrap()
     }
 
+    /// A Graph token.
     async fn token(&self) -> String {
-        let body: Value = self.token_with("sim-secret").await.json().await.unwrap();
+        self.token_for(GRAPH_SCOPE).await
+    }
+
+    async fn token_for(&self, scope: &str) -> String {
+        let body: Value = self
+            .token_with("sim-secret", scope)
+            .await
+            .json()
+            .await
+            .unwrap();
         body["access_token"].as_str().unwrap().to_owned()
     }
 
@@ -102,25 +114,53 @@ impl Sim {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Sends an EWS operation impersonating `room`; returns the status and the parsed body.
+    /// Sends an EWS operation with an Exchange token, impersonating `room` and anchored
+    /// on it, as a correct app-only client does; returns the status and the parsed body.
     async fn ews(&self, room: &str, operation: &str) -> (StatusCode, Node) {
-        let token = self.token().await;
+        let token = self.token_for(EWS_SCOPE).await;
+        self.ews_as(
+            &format!("Bearer {token}"),
+            Some(room),
+            Some(room),
+            operation,
+        )
+        .await
+    }
+
+    /// Sends an EWS operation with the given `Authorization`, `ExchangeImpersonation`
+    /// address and `X-AnchorMailbox` (each left out when `None`).
+    async fn ews_as(
+        &self,
+        authorization: &str,
+        impersonate: Option<&str>,
+        anchor: Option<&str>,
+        operation: &str,
+    ) -> (StatusCode, Node) {
+        let impersonation = impersonate.map_or_else(String::new, |room| {
+            format!(
+                "<t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>{room}</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
+            )
+        });
         let body = format!(
-            r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"><soap:Header><t:RequestServerVersion Version="Exchange2016"/><t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>{room}</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></soap:Header><soap:Body>{operation}</soap:Body></soap:Envelope>"#
+            r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"><soap:Header><t:RequestServerVersion Version="Exchange2016"/>{impersonation}</soap:Header><soap:Body>{operation}</soap:Body></soap:Envelope>"#
         );
-        let r = self
+        let mut req = self
             .http
             .post(self.url("/EWS/Exchange.asmx"))
-            .bearer_auth(token)
-            .header("Content-Type", "text/xml; charset=utf-8")
-            .header("X-AnchorMailbox", room)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+            .header("Authorization", authorization)
+            .header("Content-Type", "text/xml; charset=utf-8");
+        if let Some(anchor) = anchor {
+            req = req.header("X-AnchorMailbox", anchor);
+        }
+        let r = req.body(body).send().await.unwrap();
         let status = r.status();
         let text = r.bytes().await.unwrap();
-        (status, xml::parse(&text).unwrap())
+        let parsed = if text.is_empty() {
+            xml::parse(b"<empty/>").unwrap()
+        } else {
+            xml::parse(&text).unwrap()
+        };
+        (status, parsed)
     }
 
     async fn ews_subscribe(&self, url: &str, frequency: u32, watermark: Option<&str>) -> Node {
@@ -316,11 +356,15 @@ async fn receive(
 }
 
 fn subscription_body(rx: &Receiver, minutes: i64) -> Value {
+    subscription_body_for(rx, ROOM, minutes)
+}
+
+fn subscription_body_for(rx: &Receiver, room: &str, minutes: i64) -> Value {
     json!({
         "changeType": "created,updated,deleted",
         "notificationUrl": rx.url("/graph"),
         "lifecycleNotificationUrl": rx.url("/lifecycle"),
-        "resource": format!("/users/{ROOM}/events"),
+        "resource": format!("/users/{room}/events"),
         "expirationDateTime": expiration(minutes),
         "clientState": "secret-client-state",
     })
@@ -331,11 +375,16 @@ fn subscription_body(rx: &Receiver, minutes: i64) -> Value {
 #[tokio::test]
 async fn the_token_endpoint_refuses_a_wrong_secret_with_invalid_client() {
     let sim = Sim::start().await;
-    let r = sim.token_with("wrong").await;
+    let r = sim.token_with("wrong", GRAPH_SCOPE).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_client");
-    let ok: Value = sim.token_with("sim-secret").await.json().await.unwrap();
+    let ok: Value = sim
+        .token_with("sim-secret", GRAPH_SCOPE)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ok["token_type"], "Bearer");
     assert!(ok["expires_in"].as_u64().unwrap() >= 1);
 }
@@ -414,8 +463,9 @@ async fn the_handshake_is_really_performed_on_both_urls_and_a_wrong_echo_fails_c
 
     let rx2 = Receiver::start().await;
     rx2.wrong_echo_on("/graph");
+    // Other rooms: the same room and change types would be a duplicate (409) instead.
     let (status, body) = sim
-        .create_subscription(&subscription_body(&rx2, 4200))
+        .create_subscription(&subscription_body_for(&rx2, "room2@sim.example", 4200))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "ValidationError");
@@ -429,17 +479,17 @@ async fn the_handshake_is_really_performed_on_both_urls_and_a_wrong_echo_fails_c
     let rx3 = Receiver::start().await;
     rx3.wrong_echo_on("/lifecycle");
     let (status, _) = sim
-        .create_subscription(&subscription_body(&rx3, 4200))
+        .create_subscription(&subscription_body_for(&rx3, "room3@sim.example", 4200))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(sim.control().graph_subscriptions().len(), 1);
 }
 
 #[tokio::test]
-async fn lifetimes_outside_45_to_10080_minutes_are_refused_and_a_duplicate_gets_409() {
+async fn a_lifetime_under_45_minutes_is_moved_up_to_45_and_one_beyond_10080_is_refused() {
     let sim = Sim::start().await;
     let rx = Receiver::start().await;
-    for minutes in [10, 43, 10_081, 20_000] {
+    for minutes in [10_081, 20_000] {
         let (status, body) = sim
             .create_subscription(&subscription_body(&rx, minutes))
             .await;
@@ -448,24 +498,96 @@ async fn lifetimes_outside_45_to_10080_minutes_are_refused_and_a_duplicate_gets_
             body["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("minutes")
+                .contains("expiration"),
+            "{body}"
         );
     }
     assert!(
         rx.received().is_empty(),
         "no handshake for a refused lifetime"
     );
-    let (status, _) = sim.create_subscription(&subscription_body(&rx, 45)).await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, body) = sim
-        .create_subscription(&subscription_body(&rx, 10_079))
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let before = Utc::now();
+    let (status, body) = sim.create_subscription(&subscription_body(&rx, 10)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let kept: DateTime<Utc> = body["expirationDateTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kept >= before + TimeDelta::minutes(45), "{kept}");
+    assert!(kept <= Utc::now() + TimeDelta::minutes(45), "{kept}");
+    // The answer shows 100 ns ticks of what the simulator holds.
+    let held = sim.control().graph_subscriptions()[0].expiration_date_time;
+    assert!(
+        (held - kept).abs() < TimeDelta::microseconds(1),
+        "{held} {kept}"
+    );
+}
+
+#[tokio::test]
+async fn renewals_follow_the_same_lifetime_rules_as_creation() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (_, created) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    let id = created["id"].as_str().unwrap();
+    let token = sim.token().await;
+    let patch = |minutes: i64| {
+        sim.http
+            .patch(sim.url(&format!("/v1.0/subscriptions/{id}")))
+            .bearer_auth(&token)
+            .json(&json!({ "expirationDateTime": expiration(minutes) }))
+            .send()
+    };
+    let r = patch(10_081).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
     assert!(
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("already exists")
+            .contains("expiration")
+    );
+    let before = Utc::now();
+    let r = patch(5).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let kept = sim.control().graph_subscriptions()[0].expiration_date_time;
+    assert!(kept >= before + TimeDelta::minutes(45), "{kept}");
+    assert!(kept <= Utc::now() + TimeDelta::minutes(45), "{kept}");
+}
+
+#[tokio::test]
+async fn a_second_subscription_to_the_same_change_types_and_room_gets_409_whatever_its_urls_and_however_the_room_is_named()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (status, first) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let first_id = first["id"].as_str().unwrap();
+    let object_id = sim.control().room_object_id(ROOM).unwrap();
+    let other = Receiver::start().await;
+    for resource in [
+        format!("users/{}/events", ROOM.to_ascii_uppercase()),
+        format!("/Users/{object_id}/Events"),
+        format!("users/{}/events", object_id.to_ascii_uppercase()),
+    ] {
+        let mut body = subscription_body(&other, 4200);
+        body["resource"] = json!(resource);
+        body["changeType"] = json!("deleted,created,updated");
+        let (status, answer) = sim.create_subscription(&body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{resource}: {answer}");
+        assert_eq!(
+            answer["error"]["message"],
+            format!("Subscription Id {first_id} already exists for the requested combination")
+        );
+    }
+    assert!(other.received().is_empty(), "no handshake for a duplicate");
+    let mut only_created = subscription_body(&other, 4200);
+    only_created["changeType"] = json!("created");
+    let (status, _) = sim.create_subscription(&only_created).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "other change types are another combination"
     );
 }
 
@@ -637,6 +759,7 @@ async fn an_injected_throttle_answers_429_with_retry_after_for_the_next_calls_on
         .inject(Fault::GraphThrottle {
             count: 2,
             retry_after_secs: 7,
+            retry_after: None,
         })
         .unwrap();
     let token = sim.token().await;
@@ -842,7 +965,7 @@ async fn an_ews_booking_yields_send_notifications_with_a_continuous_watermark_ch
 }
 
 #[tokio::test]
-async fn status_events_arrive_at_the_scaled_status_frequency() {
+async fn a_status_event_comes_at_once_on_subscribing_then_at_the_scaled_status_frequency() {
     let sim = Sim::start().await;
     let rx = Receiver::start().await;
     let started = Instant::now();
@@ -857,8 +980,12 @@ async fn status_events_arrive_at_the_scaled_status_frequency() {
         .filter(|r| r.path == "/ews")
         .map(|r| r.at)
         .collect();
-    // One minute at 600x is 100 ms.
-    assert!(times[0] - started >= Duration::from_millis(95));
+    // One minute at 600x is 100 ms; the first one does not wait for it.
+    assert!(
+        times[0] - started < Duration::from_millis(95),
+        "{:?}",
+        times[0] - started
+    );
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(gap >= Duration::from_millis(95), "{gap:?}");
@@ -886,7 +1013,7 @@ async fn ews_push_retries_follow_the_scaled_doubling_schedule_until_beyond_statu
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let snap = &sim.control().ews_subscriptions()[0];
-    assert_eq!(snap.ended_by.as_deref(), Some("retries exhausted"));
+    assert_eq!(snap.ended_by, Some(EwsEnd::RetriesExhausted));
     let times: Vec<Instant> = rx.notifications("/ews").iter().map(|r| r.at).collect();
     // StatusFrequency 1 min: retries after 30 s and 60 s; 120 s would exceed it.
     assert_eq!(times.len(), 3);
@@ -911,7 +1038,7 @@ async fn an_unsubscribe_reply_ends_the_ews_subscription() {
     assert_eq!(rx.notifications("/ews").len(), 1);
     let snap = &sim.control().ews_subscriptions()[0];
     assert!(!snap.alive);
-    assert_eq!(snap.ended_by.as_deref(), Some("unsubscribe"));
+    assert_eq!(snap.ended_by, Some(EwsEnd::Unsubscribe));
 }
 
 #[tokio::test]
@@ -919,6 +1046,8 @@ async fn an_injected_push_failure_is_retried_and_then_delivered() {
     let sim = Sim::start().await;
     let rx = Receiver::start().await;
     sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    // The first status event is delivered before the fault is armed.
+    wait_pushes(sim.control(), 1).await;
     sim.control()
         .inject(Fault::FailPushes { count: 1 })
         .unwrap();
@@ -929,7 +1058,11 @@ async fn an_injected_push_failure_is_retried_and_then_delivered() {
         r.iter().any(|r| r.body.contains("CreatedEvent"))
     })
     .await;
-    let pushes = wait_pushes(sim.control(), 2).await;
+    let pushes: Vec<PushRecord> = wait_pushes(sim.control(), 3)
+        .await
+        .into_iter()
+        .filter(|p| p.kind == "notification")
+        .collect();
     assert_eq!(pushes[0].status, None);
     assert_eq!(pushes[1].attempt, 2);
     assert_eq!(pushes[1].status, Some(200));
@@ -960,11 +1093,35 @@ async fn subscribing_with_a_watermark_replays_later_events_and_an_unknown_one_is
     let second = sim.ews_subscribe(&rx.url("/ews"), 30, Some(&wm)).await;
     assert_eq!(second.attr("ResponseClass"), Some("Success"));
     let got = rx
-        .wait_for("the replay", |r| r.iter().any(|r| r.path == "/ews"))
+        .wait_for("the replay", |r| {
+            r.iter()
+                .any(|r| r.path == "/ews" && r.body.contains("CreatedEvent"))
+        })
         .await;
-    let n = notification_of(&got.iter().find(|r| r.path == "/ews").unwrap().body);
-    assert_eq!(n.previous_watermark.as_deref(), Some(wm.as_str()));
-    assert_eq!(n.events[0].kind, EventKind::Created);
+    let pushed: Vec<_> = got
+        .iter()
+        .filter(|r| r.path == "/ews")
+        .map(|r| notification_of(&r.body))
+        .collect();
+    // The status event that opens every subscription continues from the watermark given,
+    // and the replay continues from it.
+    assert_eq!(pushed[0].previous_watermark.as_deref(), Some(wm.as_str()));
+    assert_eq!(pushed[0].events[0].kind, EventKind::Status);
+    assert_eq!(
+        pushed[1].previous_watermark,
+        pushed[0].events[0].watermark.clone()
+    );
+    assert_eq!(pushed[1].events[0].kind, EventKind::Created);
+    let snapshot = sim
+        .control()
+        .ews_subscriptions()
+        .into_iter()
+        .find(|s| s.url.ends_with("/ews"))
+        .unwrap();
+    assert_eq!(
+        snapshot.subscribed_with_watermark.as_deref(),
+        Some(wm.as_str())
+    );
 }
 
 // ---- EWS reads ---------------------------------------------------------------------
@@ -1333,7 +1490,7 @@ async fn tokens_expire_after_their_scaled_lifetime() {
             ("grant_type", "client_credentials"),
             ("client_id", "sim-client"),
             ("client_secret", "sim-secret"),
-            ("scope", "https://outlook.office365.com/.default"),
+            ("scope", GRAPH_SCOPE),
         ])
         .send()
         .await
