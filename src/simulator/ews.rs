@@ -264,7 +264,7 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Auth, Box<Respon
                 other.audience()
             )))));
         }
-        BearerCheck::Invalid => {}
+        BearerCheck::Expired | BearerCheck::Invalid => {}
     }
     if basic_ok(headers) {
         Ok(Auth::ServiceAccount)

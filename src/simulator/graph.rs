@@ -140,6 +140,7 @@ async fn gate(State(shared): State<AppState>, request: Request, next: Next) -> R
     let refusal = match check_bearer(&shared, request.headers(), TokenResource::Graph) {
         BearerCheck::Valid => None,
         BearerCheck::WrongResource(_) => Some("Access token validation failure. Invalid audience."),
+        BearerCheck::Expired => Some("Lifetime validation failed, the token is expired."),
         BearerCheck::Invalid => Some("Access token is empty or invalid."),
     };
     if let Some(message) = refusal {

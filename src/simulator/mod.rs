@@ -368,7 +368,9 @@ pub(crate) enum BearerCheck {
     Valid,
     /// A live token issued for another resource (a wrong audience).
     WrongResource(TokenResource),
-    /// No bearer token, or one that is unknown, revoked or expired.
+    /// A token the simulator issued whose lifetime is over.
+    Expired,
+    /// No bearer token, or one that is unknown or revoked.
     Invalid,
 }
 
@@ -383,7 +385,7 @@ pub(crate) fn check_bearer(
     };
     let state = shared.lock();
     match state.tokens.get(token) {
-        Some(t) if t.expires_at <= tokio::time::Instant::now() => BearerCheck::Invalid,
+        Some(t) if t.expires_at <= tokio::time::Instant::now() => BearerCheck::Expired,
         Some(t) if t.resource == want => BearerCheck::Valid,
         Some(t) => BearerCheck::WrongResource(t.resource),
         None => BearerCheck::Invalid,

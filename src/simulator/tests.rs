@@ -1506,6 +1506,14 @@ async fn tokens_expire_after_their_scaled_lifetime() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     let stale = http.get(&url).bearer_auth(token).send().await.unwrap();
     assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = stale.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
 }
 
 #[tokio::test]
