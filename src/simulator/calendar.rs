@@ -164,14 +164,25 @@ fn occurrence_id(master: &str, index: u32) -> String {
     format!("{master}OCC{index:04}")
 }
 
-/// A short, stable, non-cryptographic digest used to make ids look opaque.
-pub(crate) fn short_hash(s: &str) -> String {
+/// FNV-1a: a stable, non-cryptographic digest used to make ids look opaque.
+fn fnv64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{:08x}", h & 0xffff_ffff)
+    h
+}
+
+/// A short digest used to make ids look opaque.
+pub(crate) fn short_hash(s: &str) -> String {
+    format!("{:08x}", fnv64(s) & 0xffff_ffff)
+}
+
+/// A room's directory object id: a GUID that depends only on the seed and the address, so
+/// it does not move when rooms are created in another order or other ids are drawn first.
+fn object_id(seed: u64, address: &str) -> String {
+    super::busy::SplitMix64::new(seed ^ fnv64(address)).guid()
 }
 
 /// What happened to an item, in Graph's `changeType` words.
@@ -220,7 +231,10 @@ pub(crate) struct EwsLogEvent {
 /// One room mailbox.
 #[derive(Debug, Clone)]
 pub(crate) struct Room {
+    /// The SMTP address, lower-cased; also the user principal name Graph knows it by.
     pub(crate) address: String,
+    /// The directory object id (a lower-case GUID) Graph also accepts and notifies with.
+    pub(crate) object_id: String,
     /// Small number naming the room inside opaque tokens and folder ids.
     pub(crate) number: u32,
     pub(crate) items: BTreeMap<String, Item>,
@@ -329,7 +343,9 @@ impl Calendars {
     pub(crate) fn ensure_room(&mut self, room: &str) -> &mut Room {
         let key = Self::key(room);
         let number = u32::try_from(self.rooms.len()).unwrap_or(u32::MAX);
+        let seed = self.seed;
         self.rooms.entry(key.clone()).or_insert_with(|| Room {
+            object_id: object_id(seed, &key),
             address: key,
             number,
             items: BTreeMap::new(),
@@ -343,17 +359,18 @@ impl Calendars {
         self.rooms.get(&Self::key(room))
     }
 
+    /// A room as Graph names a user: by address (its UPN) or by object id, in any case.
+    pub(crate) fn user(&self, name: &str) -> Option<&Room> {
+        let key = Self::key(name);
+        self.rooms
+            .get(&key)
+            .or_else(|| self.rooms.values().find(|r| r.object_id == key))
+    }
+
     fn room_mut(&mut self, room: &str) -> Result<&mut Room, SimError> {
         self.rooms
             .get_mut(&Self::key(room))
             .ok_or_else(|| SimError::UnknownRoom(room.to_owned()))
-    }
-
-    /// Finds an item or occurrence in any room (EWS ids are global).
-    pub(crate) fn find_instance(&self, id: &str) -> Option<(&Room, Instance)> {
-        self.rooms
-            .values()
-            .find_map(|r| r.instance(id).map(|i| (r, i)))
     }
 
     fn new_item_id(&mut self) -> String {
@@ -575,6 +592,25 @@ mod tests {
                 .collect::<Vec<_>>(),
             [a.as_str(), b.as_str()]
         );
+    }
+
+    #[test]
+    fn a_room_keeps_its_object_id_whatever_the_order_rooms_are_created_in() {
+        let a = Calendars::new(5, &["a@x".to_owned(), "b@x".to_owned()]);
+        let b = Calendars::new(5, &["b@x".to_owned(), "a@x".to_owned()]);
+        let id = &a.room("a@x").unwrap().object_id;
+        assert_eq!(id, &b.room("a@x").unwrap().object_id);
+        assert_ne!(id, &a.room("b@x").unwrap().object_id);
+        assert_ne!(
+            id,
+            &Calendars::new(6, &["a@x".to_owned()])
+                .room("a@x")
+                .unwrap()
+                .object_id
+        );
+        assert_eq!(a.user(&id.to_ascii_uppercase()).unwrap().address, "a@x");
+        assert_eq!(a.user("A@X").unwrap().address, "a@x");
+        assert!(a.user("c@x").is_none());
     }
 
     #[test]

@@ -11,7 +11,25 @@
 //! | `POST /_sim/rooms/{room}/series` | a [`Meeting`] plus `"recurrence":{"pattern":"daily"\|"weekly","count":N}` |
 //! | `POST /_sim/faults` | a [`Fault`], e.g. `{"kind":"graphThrottle","count":2,"retryAfterSecs":5}` |
 //! | `POST /_sim/lifecycle` | `{"subscriptionId","lifecycleEvent":"missed"\|"subscriptionRemoved"\|"reauthorizationRequired"}` |
+//! | `GET /_sim/rooms` | every room as a [`RoomIdentity`]: its SMTP address and its Graph object id |
 //! | `GET /_sim/requests`, `/_sim/pushes`, `/_sim/subscriptions` | the records and snapshots below |
+//!
+//! The faults, as `POST /_sim/faults` bodies:
+//!
+//! | `kind` | other fields | effect |
+//! | --- | --- | --- |
+//! | `graphThrottle` | `count`, `retryAfterSecs` or `retryAfter` | the next `count` Graph calls get `429 ApplicationThrottled`; `retryAfter` is sent verbatim (`"1.5"`, an HTTP-date), else `retryAfterSecs` |
+//! | `ewsServerBusy` | `count`, `backoffMs` | the next `count` EWS calls get an `ErrorServerBusy` SOAP fault with `BackOffMilliseconds` |
+//! | `failPushes` | `count` | the next `count` push attempts are lost on the way (and retried) |
+//! | `duplicatePushes` | `count` | the next `count` delivered notifications are delivered twice |
+//! | `lifecycleEvent` | `subscriptionId`, `lifecycle` | a Graph lifecycle notification now, to the `lifecycleNotificationUrl` only |
+//! | `wrongTokens` | | every token issued so far is revoked |
+//! | `expireDeltaLinks` | | every delta and paging link answers `410 syncStateNotFound` |
+//! | `forgetGraphSubscription` | `subscriptionId` | the Graph subscription disappears without a word; GET and PATCH then answer `404` |
+//! | `failValidation` | `count` | the next `count` validation handshakes fail whatever the callback answers: create and renew get `400 ValidationError` |
+//! | `dropEwsSubscription` | `subscriptionId` | the EWS push subscription dies silently (a mailbox-server failover): no status events, no notifications |
+//! | `ewsReadEventsFailed` | `subscriptionId` | the EWS subscription pushes one `ErrorReadEventsFailed` message and ends |
+//! | `expireEwsWatermarks` | | every EWS watermark issued so far is unknown: a Subscribe carrying one gets `ErrorInvalidWatermark` |
 
 use std::sync::Arc;
 
@@ -25,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::calendar::{Applied, Meeting, Recurrence};
+use super::oauth::TokenResource;
 use super::{AppState, Shared, SimError, json_response, push};
 
 /// Which protocol a push used.
@@ -35,13 +54,43 @@ pub enum Backend {
     Ews,
 }
 
+/// How a request authenticated: the scheme of its `Authorization` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthScheme {
+    /// No `Authorization` header.
+    None,
+    Bearer,
+    Basic,
+    /// Any other scheme (NTLM, Negotiate...).
+    Other,
+}
+
 /// A request the simulator answered (control API calls excluded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RequestRecord {
     pub method: String,
     pub path: String,
     pub at: DateTime<Utc>,
     pub status: u16,
+    /// The `Prefer` header (several are joined with `, `).
+    pub prefer: Option<String>,
+    /// The `X-AnchorMailbox` header.
+    pub anchor_mailbox: Option<String>,
+    /// The authorization scheme; the credential itself is never recorded.
+    pub auth_scheme: AuthScheme,
+    /// For a bearer token the simulator issued, the resource it was issued for.
+    pub token_resource: Option<TokenResource>,
+}
+
+/// A room mailbox as Graph names it: by SMTP address (its UPN) or by object id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomIdentity {
+    pub address: String,
+    /// The stable directory object id (a GUID) that Graph notifications name the room by.
+    pub object_id: String,
 }
 
 /// One delivery attempt of a notification.
@@ -52,8 +101,9 @@ pub struct PushRecord {
     pub url: String,
     pub subscription_id: String,
     /// What was pushed: `created`/`updated`/`deleted`/a lifecycle event for Graph,
-    /// `notification`/`status` for EWS, `validation` for a Graph handshake; a redelivery
-    /// injected by [`Fault::DuplicatePushes`] has ` (duplicate)` appended.
+    /// `notification`/`status`/`error` (the `ErrorReadEventsFailed` farewell) for EWS,
+    /// `validation` for a Graph handshake; a redelivery injected by
+    /// [`Fault::DuplicatePushes`] has ` (duplicate)` appended.
     pub kind: String,
     /// 1 for the first delivery, 2 for the first retry...
     pub attempt: u32,
@@ -75,6 +125,8 @@ pub struct GraphSubscriptionSnapshot {
     pub lifecycle_notification_url: Option<String>,
     pub client_state: Option<String>,
     pub expiration_date_time: DateTime<Utc>,
+    /// Whether the create request carried `Prefer: IdType="ImmutableId"`.
+    pub prefer_immutable_id: bool,
 }
 
 /// An EWS push subscription as the simulator holds it.
@@ -90,11 +142,27 @@ pub struct EwsSubscriptionSnapshot {
     pub impersonated: Option<String>,
     /// `X-AnchorMailbox` HTTP header of the Subscribe call.
     pub anchor_mailbox: Option<String>,
+    /// The watermark the Subscribe request carried, if any.
+    pub subscribed_with_watermark: Option<String>,
     /// The watermark of the last event delivered.
     pub last_watermark: String,
-    /// `false` once retries ran out or the callback answered `Unsubscribe`.
+    /// `false` once the subscription ended, for the reason in `ended_by`.
     pub alive: bool,
-    pub ended_by: Option<String>,
+    pub ended_by: Option<EwsEnd>,
+}
+
+/// Why an EWS push subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EwsEnd {
+    /// The callback answered `Unsubscribe`.
+    Unsubscribe,
+    /// Deliveries kept failing until the retry interval outgrew the `StatusFrequency`.
+    RetriesExhausted,
+    /// Dropped silently by [`Fault::DropEwsSubscription`].
+    Dropped,
+    /// Ended with an `ErrorReadEventsFailed` push by [`Fault::EwsReadEventsFailed`].
+    ReadEventsFailed,
 }
 
 /// The lifecycle events Graph sends for Outlook resources.
@@ -124,8 +192,16 @@ impl LifecycleKind {
     rename_all_fields = "camelCase"
 )]
 pub enum Fault {
-    /// The next `count` Graph calls get `429` with `Retry-After`.
-    GraphThrottle { count: u32, retry_after_secs: u32 },
+    /// The next `count` Graph calls get `429` with `Retry-After`: `retry_after` verbatim when
+    /// given (a fractional `"1.5"` or an HTTP-date, to test a client's parsing), else
+    /// `retry_after_secs`.
+    GraphThrottle {
+        count: u32,
+        #[serde(default)]
+        retry_after_secs: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after: Option<String>,
+    },
     /// The next `count` EWS calls get an `ErrorServerBusy` fault with `BackOffMilliseconds`.
     EwsServerBusy { count: u32, backoff_ms: u32 },
     /// The next `count` push attempts (Graph or EWS) are lost on the way, as if the
@@ -144,13 +220,30 @@ pub enum Fault {
     WrongTokens,
     /// Forgets every delta and paging link: their next use gets `410 syncStateNotFound`.
     ExpireDeltaLinks,
+    /// The Graph subscription disappears without a lifecycle notification, as Graph
+    /// sometimes loses one: GET and PATCH then answer `404 ResourceNotFound`.
+    ForgetGraphSubscription { subscription_id: String },
+    /// The next `count` validation handshakes fail even when the callback echoes the token,
+    /// so the create or renew that asked for them answers `400 ValidationError`.
+    FailValidation { count: u32 },
+    /// The EWS push subscription dies silently, as in a mailbox-server failover: no more
+    /// status events or notifications, and nothing tells the client.
+    DropEwsSubscription { subscription_id: String },
+    /// The EWS push subscription sends one `ErrorReadEventsFailed` message (no
+    /// `Notification`, the id only in `MessageXml`) and ends.
+    EwsReadEventsFailed { subscription_id: String },
+    /// Every EWS watermark issued so far becomes unknown: a Subscribe carrying one answers
+    /// `ErrorInvalidWatermark` and creates nothing.
+    ExpireEwsWatermarks,
 }
 
 /// Pending injected faults.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Faults {
     pub(crate) graph_throttle: u32,
-    pub(crate) graph_retry_after: u32,
+    /// The `Retry-After` value sent with an injected 429.
+    pub(crate) graph_retry_after: String,
+    pub(crate) fail_validation: u32,
     pub(crate) ews_busy: u32,
     pub(crate) ews_backoff_ms: u32,
     pub(crate) fail_pushes: u32,
@@ -276,16 +369,42 @@ impl Control {
     ///
     /// # Errors
     ///
-    /// [`SimError::UnknownSubscription`] for a lifecycle event about an unknown subscription.
+    /// [`SimError::UnknownSubscription`] for a fault about a subscription the simulator does
+    /// not hold (or, for EWS, one that already ended); [`SimError::InvalidFault`] for a
+    /// `retry_after` that cannot be an HTTP header value.
     pub fn inject(&self, fault: Fault) -> Result<(), SimError> {
         let mut state = self.shared.lock();
         match fault {
             Fault::GraphThrottle {
                 count,
                 retry_after_secs,
+                retry_after,
             } => {
+                let value = retry_after.unwrap_or_else(|| retry_after_secs.to_string());
+                if axum::http::HeaderValue::from_str(&value).is_err() {
+                    return Err(SimError::InvalidFault(format!(
+                        "retryAfter {value:?} is not a header value"
+                    )));
+                }
                 state.faults.graph_throttle = count;
-                state.faults.graph_retry_after = retry_after_secs;
+                state.faults.graph_retry_after = value;
+            }
+            Fault::FailValidation { count } => state.faults.fail_validation = count,
+            Fault::ForgetGraphSubscription { subscription_id } => {
+                if state.graph_subs.remove(&subscription_id).is_none() {
+                    return Err(SimError::UnknownSubscription(subscription_id));
+                }
+            }
+            Fault::DropEwsSubscription { subscription_id } => {
+                drop(state);
+                return push::end_ews_subscription(&self.shared, &subscription_id, EwsEnd::Dropped);
+            }
+            Fault::EwsReadEventsFailed { subscription_id } => {
+                drop(state);
+                return push::send_read_events_failed(&self.shared, &subscription_id);
+            }
+            Fault::ExpireEwsWatermarks => {
+                state.ews_watermark_epoch = state.ews_watermark_epoch.wrapping_add(1);
             }
             Fault::EwsServerBusy { count, backoff_ms } => {
                 state.faults.ews_busy = count;
@@ -339,6 +458,34 @@ impl Control {
             .collect()
     }
 
+    /// Every room with its Graph object id, by address.
+    pub fn rooms(&self) -> Vec<RoomIdentity> {
+        self.shared
+            .lock()
+            .cal
+            .rooms
+            .values()
+            .map(|r| RoomIdentity {
+                address: r.address.clone(),
+                object_id: r.object_id.clone(),
+            })
+            .collect()
+    }
+
+    /// The Graph object id of a room, given its address (in any case) or the id itself.
+    ///
+    /// # Errors
+    ///
+    /// [`SimError::UnknownRoom`] for a mailbox the simulator does not hold.
+    pub fn room_object_id(&self, room: &str) -> Result<String, SimError> {
+        self.shared
+            .lock()
+            .cal
+            .user(room)
+            .map(|r| r.object_id.clone())
+            .ok_or_else(|| SimError::UnknownRoom(room.to_owned()))
+    }
+
     /// Four draws from the seeded generator (for the busy-office mode).
     pub(crate) fn random4(&self) -> (u64, u64, u64, u64) {
         let mut state = self.shared.lock();
@@ -364,6 +511,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/_sim/rooms/{room}/series", post(http_series))
         .route("/_sim/faults", post(http_fault))
         .route("/_sim/lifecycle", post(http_lifecycle))
+        .route("/_sim/rooms", get(http_rooms))
         .route("/_sim/requests", get(http_requests))
         .route("/_sim/pushes", get(http_pushes))
         .route("/_sim/subscriptions", get(http_subscriptions))
@@ -492,6 +640,10 @@ async fn http_lifecycle(
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => sim_error(&e),
     }
+}
+
+async fn http_rooms(State(shared): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &control(shared).rooms())
 }
 
 async fn http_requests(State(shared): State<AppState>) -> Response {

@@ -3,9 +3,20 @@
 //! name with the project's XML reader, answered in Exchange's envelope shapes; plus the
 //! `SendNotification` bodies pushed to subscribers and the reading of their replies.
 //!
+//! Who may reach which mailbox follows Exchange Online: an app-only bearer token (issued for
+//! `https://outlook.office365.com`; a Graph token gets HTTP 401) must impersonate a mailbox
+//! with the `ExchangeImpersonation` header, and its `X-AnchorMailbox` must name that same
+//! mailbox; without them Exchange faults or misroutes the call (see `handle`). HTTP Basic
+//! with the service account ([`EWS_BASIC_USER`], on-premises style) needs impersonation too,
+//! since the service account is not a room. Naming a room only in a folder's `Mailbox` is
+//! delegate access, which push subscriptions refuse. Items belong to their room: `GetItem`
+//! finds only the impersonated room's.
+//!
 //! Watermarks and sync states are opaque strings that encode the room and a position in the
 //! change log, so any watermark the simulator never issued (or issued for another room) is
-//! refused the way Exchange refuses one from another mailbox database.
+//! refused the way Exchange refuses one from another mailbox database. Watermarks also carry
+//! an epoch that [`Fault::ExpireEwsWatermarks`](super::Fault::ExpireEwsWatermarks) bumps,
+//! making every one issued before unknown.
 
 use std::sync::Arc;
 
@@ -18,8 +29,9 @@ use axum::routing::post;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::calendar::{EwsLogEvent, EwsTarget, Instance, InstanceKind, Room};
-use super::control::EwsSubscriptionSnapshot;
-use super::{AppState, Shared, authorized, ews_datetime, push};
+use super::control::{EwsEnd, EwsSubscriptionSnapshot};
+use super::oauth::TokenResource;
+use super::{AppState, BearerCheck, Shared, check_bearer, ews_datetime, push};
 use crate::ews::tree::{self as xml, Node, esc};
 use crate::ews::{EventKind, NS_MESSAGES, NS_SOAP11, NS_TYPES, Ns, SubscriptionStatus, Tok, XmlIn};
 
@@ -52,9 +64,11 @@ pub(crate) struct EwsSub {
     pub(crate) anchor: Option<String>,
     /// Position of the last event delivered (or the start point).
     pub(crate) cursor: u64,
+    /// The watermark the Subscribe request carried.
+    pub(crate) subscribed_with: Option<String>,
     pub(crate) last_watermark: String,
     pub(crate) alive: bool,
-    pub(crate) ended_by: Option<String>,
+    pub(crate) ended_by: Option<EwsEnd>,
     /// Distinguishes the watermarks of successive status events at one position.
     pub(crate) status_nonce: u32,
 }
@@ -73,28 +87,39 @@ impl EwsSub {
                 .collect(),
             impersonated: self.impersonated.clone(),
             anchor_mailbox: self.anchor.clone(),
+            subscribed_with_watermark: self.subscribed_with.clone(),
             last_watermark: self.last_watermark.clone(),
             alive: self.alive,
-            ended_by: self.ended_by.clone(),
+            ended_by: self.ended_by,
         }
     }
 }
 
-/// The opaque watermark of event position `pos` in room `room`; `nonce` > 0 marks a
-/// status event at that position.
-pub(crate) fn watermark(room: u32, pos: u64, nonce: u32) -> String {
-    format!("AQAAAA{room:08X}{pos:016X}{nonce:08X}")
+/// The opaque watermark of event position `pos` in room `room`, issued in watermark epoch
+/// `epoch`; `nonce` > 0 marks a status event at that position.
+pub(crate) fn watermark(epoch: u32, room: u32, pos: u64, nonce: u32) -> String {
+    format!("AQAAAA{epoch:08X}{room:08X}{pos:016X}{nonce:08X}")
 }
 
-/// `(room, pos)` of a watermark the simulator issued.
-pub(crate) fn parse_watermark(text: &str) -> Option<(u32, u64)> {
+/// A watermark the simulator issued, read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Watermark {
+    pub(crate) epoch: u32,
+    pub(crate) room: u32,
+    pub(crate) pos: u64,
+}
+
+/// Reads a watermark the simulator issued; `None` for any other text.
+pub(crate) fn parse_watermark(text: &str) -> Option<Watermark> {
     let hex = text.strip_prefix("AQAAAA")?;
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let room = u32::from_str_radix(hex.get(..8)?, 16).ok()?;
-    let pos = u64::from_str_radix(hex.get(8..24)?, 16).ok()?;
-    Some((room, pos))
+    Some(Watermark {
+        epoch: u32::from_str_radix(hex.get(..8)?, 16).ok()?,
+        room: u32::from_str_radix(hex.get(8..16)?, 16).ok()?,
+        pos: u64::from_str_radix(hex.get(16..32)?, 16).ok()?,
+    })
 }
 
 fn sync_state(room: u32, seq: u64) -> String {
@@ -206,15 +231,63 @@ fn basic_ok(headers: &HeaderMap) -> bool {
     ))
 }
 
-async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorized(&shared, &headers) && !basic_ok(&headers) {
-        let mut r = StatusCode::UNAUTHORIZED.into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", trusted_issuers=\"00000001-0000-0000-c000-000000000000@*\""),
-        );
-        return r;
+/// How an EWS call authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// An app-only bearer token for Exchange (Exchange Online with `full_access_as_app`).
+    AppOnly,
+    /// HTTP Basic with the simulator's service account (on-premises style).
+    ServiceAccount,
+}
+
+/// HTTP 401 as Exchange Online sends it; `diagnostics` is its `x-ms-diagnostics` reason.
+fn unauthorized(diagnostics: Option<String>) -> Response {
+    let mut r = StatusCode::UNAUTHORIZED.into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", trusted_issuers=\"00000001-0000-0000-c000-000000000000@*\", error=\"invalid_token\""),
+    );
+    if let Some(value) = diagnostics.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        r.headers_mut().insert("x-ms-diagnostics", value);
     }
+    r
+}
+
+/// Authenticates the call; `Err` holds the 401 to answer.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Auth, Box<Response>> {
+    match check_bearer(shared, headers, TokenResource::Ews) {
+        BearerCheck::Valid => return Ok(Auth::AppOnly),
+        BearerCheck::WrongResource(other) => {
+            // Exchange Online checks the token's audience and says so in a diagnostic header.
+            return Err(Box::new(unauthorized(Some(format!(
+                "2000003;reason=\"The audience claim value is invalid '{}'.\";error_category=\"invalid_resource\"",
+                other.audience()
+            )))));
+        }
+        BearerCheck::Expired | BearerCheck::Invalid => {}
+    }
+    if basic_ok(headers) {
+        Ok(Auth::ServiceAccount)
+    } else {
+        Err(Box::new(unauthorized(None)))
+    }
+}
+
+/// The EWS endpoint: authentication, injected faults, the envelope, impersonation, then the
+/// operation.
+///
+/// With an app-only token, a request without `ExchangeImpersonation` gets the SOAP fault
+/// `ErrorInvalidExchangeImpersonationHeaderData`, as Exchange Online answers; one whose
+/// `X-AnchorMailbox` is missing or names another mailbox than the impersonated one gets an
+/// HTTP 500 `ErrorInternalServerError` fault: Exchange Online routes such a call by the
+/// anchor (or by the caller, which has no mailbox) and answers misrouted impersonated calls
+/// with 500s. Impersonating an address that has no mailbox is an `ErrorNonExistentMailbox`
+/// fault.
+async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = match authenticate(&shared, &headers) {
+        Ok(auth) => auth,
+        Err(refusal) => return *refusal,
+    };
     let busy = {
         let mut state = shared.lock();
         if state.faults.ews_busy > 0 {
@@ -260,23 +333,63 @@ async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes)
             "",
         );
     };
+    let impersonated = root
+        .path(&["Header", "ExchangeImpersonation", "ConnectingSID"])
+        .and_then(|sid| {
+            ["SmtpAddress", "PrimarySmtpAddress", "PrincipalName"]
+                .iter()
+                .find_map(|n| sid.child(n))
+        })
+        .map(|n| n.text.trim().to_owned());
+    let anchor = headers
+        .get("x-anchormailbox")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned());
+    if auth == Auth::AppOnly {
+        let Some(target) = &impersonated else {
+            return soap_fault(
+                "ErrorInvalidExchangeImpersonationHeaderData",
+                "ExchangeImpersonation SOAP header must be present for this type of OAuth token.",
+                "",
+            );
+        };
+        if !anchor
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case(target))
+        {
+            tracing::debug!(
+                impersonated = %target,
+                anchor = ?anchor,
+                "simulated EWS refuses an app-only call whose X-AnchorMailbox is not the impersonated mailbox"
+            );
+            return soap_fault(
+                "ErrorInternalServerError",
+                "An internal server error occurred. The operation failed.",
+                "",
+            );
+        }
+    }
+    let mailbox = match &impersonated {
+        None => None,
+        Some(address) => match shared.lock().cal.room(address) {
+            Some(r) => Some(r.address.clone()),
+            None => {
+                return soap_fault(
+                    "ErrorNonExistentMailbox",
+                    &format!("The SMTP address has no mailbox associated with it: {address}"),
+                    "",
+                );
+            }
+        },
+    };
     let who = Caller {
-        impersonated: root
-            .path(&["Header", "ExchangeImpersonation", "ConnectingSID"])
-            .and_then(|sid| {
-                ["SmtpAddress", "PrimarySmtpAddress", "PrincipalName"]
-                    .iter()
-                    .find_map(|n| sid.child(n))
-            })
-            .map(|n| n.text.clone()),
-        anchor: headers
-            .get("x-anchormailbox")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        impersonated,
+        mailbox,
+        anchor,
     };
     match op.local.as_str() {
         "Subscribe" => subscribe(&shared, op, &who),
-        "GetItem" => get_item(&shared, op),
+        "GetItem" => get_item(&shared, op, &who),
         "FindItem" => find_item(&shared, op, &who),
         "SyncFolderItems" => sync_folder_items(&shared, op, &who),
         other => soap_fault(
@@ -290,21 +403,60 @@ async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes)
 /// Who the call is made for.
 #[derive(Debug)]
 struct Caller {
+    /// The address in the `ExchangeImpersonation` header, as sent.
     impersonated: Option<String>,
+    /// The impersonated room (its key), if the call impersonates one.
+    mailbox: Option<String>,
     anchor: Option<String>,
 }
 
+/// Which mailbox a distinguished folder of a call resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// The impersonated room (its key).
+    Own(String),
+    /// Another mailbox named in the folder's `Mailbox`: delegate access.
+    Delegate(String),
+    /// Neither impersonation nor a `Mailbox`: the caller's own mailbox, which the service
+    /// account does not have.
+    NoMailbox,
+}
+
 impl Caller {
-    /// The mailbox named in a `DistinguishedFolderId`, else the impersonated one, else the
-    /// anchor mailbox.
-    fn room(&self, folder: Option<&Node>) -> Option<String> {
-        folder
+    /// The mailbox a `DistinguishedFolderId` of this call points at.
+    fn target(&self, folder: Option<&Node>) -> Target {
+        let named = folder
             .and_then(|f| f.path(&["Mailbox", "EmailAddress"]))
-            .map(|n| n.text.clone())
-            .or_else(|| self.impersonated.clone())
-            .or_else(|| self.anchor.clone())
+            .map(|n| n.text.trim().to_owned())
+            .filter(|n| !n.is_empty());
+        match (&self.mailbox, named) {
+            (Some(own), None) => Target::Own(own.clone()),
+            (Some(own), Some(n)) if n.eq_ignore_ascii_case(own) => Target::Own(own.clone()),
+            (_, Some(n)) => Target::Delegate(n),
+            (None, None) => Target::NoMailbox,
+        }
     }
 }
+
+/// The error a read (`FindItem`, `SyncFolderItems`) of a folder that is not the impersonated
+/// room's gets: the caller has no rights there (or no mailbox at all).
+fn unreachable_folder(shared: &Shared, target: &Target) -> (&'static str, String) {
+    match target {
+        Target::Delegate(other) if shared.lock().cal.room(other).is_none() => (
+            "ErrorNonExistentMailbox",
+            format!("The SMTP address has no mailbox associated with it: {other}"),
+        ),
+        Target::Delegate(_) => (
+            "ErrorFolderNotFound",
+            "The specified folder could not be found in the store.".to_owned(),
+        ),
+        Target::NoMailbox | Target::Own(_) => {
+            ("ErrorMissingEmailAddress", MISSING_EMAIL_ADDRESS.to_owned())
+        }
+    }
+}
+
+const MISSING_EMAIL_ADDRESS: &str = "When making a request as an account that does not have a mailbox, you must specify the mailbox primary SMTP address for any distinguished folder Ids.";
 
 fn event_kind(name: &str) -> Option<EventKind> {
     [
@@ -380,15 +532,19 @@ fn subscribe(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
             "The push subscription URL is invalid.",
         );
     }
-    let Some(room) = who.room(folder) else {
-        return fail(
-            "ErrorMissingEmailAddress",
-            "When making a request as an account that does not have a mailbox, you must specify the mailbox primary SMTP address for any distinguished folder Ids.",
-        );
+    let room = match who.target(folder) {
+        Target::Own(room) => room,
+        Target::Delegate(_) => {
+            return fail(
+                "ErrorSubscriptionDelegateAccessNotSupported",
+                "Subscriptions are not supported for delegate user access.",
+            );
+        }
+        Target::NoMailbox => return fail("ErrorMissingEmailAddress", MISSING_EMAIL_ADDRESS),
     };
     let given = req
         .child("Watermark")
-        .map(|n| n.text.clone())
+        .map(|n| n.text.trim().to_owned())
         .filter(|w| !w.is_empty());
     let sub = {
         let mut state = shared.lock();
@@ -400,13 +556,16 @@ fn subscribe(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
                 &format!("The SMTP address has no mailbox associated with it: {room}"),
             );
         };
+        let epoch = state.ews_watermark_epoch;
         let (cursor, last_watermark) = match &given {
             None => {
                 let pos = state.cal.ews_pos;
-                (pos, watermark(number, pos, 0))
+                (pos, watermark(epoch, number, pos, 0))
             }
             Some(w) => match parse_watermark(w) {
-                Some((r, pos)) if r == number && pos <= state.cal.ews_pos => (pos, w.clone()),
+                Some(m) if m.epoch == epoch && m.room == number && m.pos <= state.cal.ews_pos => {
+                    (m.pos, w.clone())
+                }
                 _ => {
                     drop(state);
                     return fail(
@@ -427,6 +586,7 @@ fn subscribe(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
             impersonated: who.impersonated.clone(),
             anchor: who.anchor.clone(),
             cursor,
+            subscribed_with: given,
             last_watermark,
             alive: true,
             ended_by: None,
@@ -491,15 +651,17 @@ fn calendar_item(room: &Room, inst: &Instance) -> String {
     )
 }
 
-fn get_item(shared: &Arc<Shared>, op: &Node) -> Response {
+fn get_item(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
     let state = shared.lock();
+    // Items belong to their mailbox: only the impersonated room's are found.
+    let room = who.mailbox.as_deref().and_then(|m| state.cal.room(m));
     let mut messages = String::new();
     let ids = op
         .child("ItemIds")
         .into_iter()
         .flat_map(|n| n.children_named("ItemId"));
     for id in ids {
-        let found = id.attr("Id").and_then(|i| state.cal.find_instance(i));
+        let found = room.and_then(|r| id.attr("Id").and_then(|i| r.instance(i)).map(|i| (r, i)));
         match found {
             Some((room, inst)) => {
                 messages.push_str(r#"<m:GetItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:Items>"#);
@@ -533,9 +695,12 @@ fn find_item(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
     let fail = |code: &str, text: &str| {
         operation_response("FindItem", &error_message("FindItem", code, text, ""))
     };
-    let folder = op.path(&["ParentFolderIds", "DistinguishedFolderId"]);
-    let Some(room) = who.room(folder) else {
-        return fail("ErrorMissingEmailAddress", "Name the room's mailbox.");
+    let room = match who.target(op.path(&["ParentFolderIds", "DistinguishedFolderId"])) {
+        Target::Own(room) => room,
+        other => {
+            let (code, text) = unreachable_folder(shared, &other);
+            return fail(code, &text);
+        }
     };
     let state = shared.lock();
     let Some(r) = state.cal.room(&room) else {
@@ -607,9 +772,12 @@ fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response 
             &error_message("SyncFolderItems", code, text, ""),
         )
     };
-    let folder = op.path(&["SyncFolderId", "DistinguishedFolderId"]);
-    let Some(room) = who.room(folder) else {
-        return fail("ErrorMissingEmailAddress", "Name the room's mailbox.");
+    let room = match who.target(op.path(&["SyncFolderId", "DistinguishedFolderId"])) {
+        Target::Own(room) => room,
+        other => {
+            let (code, text) = unreachable_folder(shared, &other);
+            return fail(code, &text);
+        }
     };
     let max = match op
         .child("MaxChangesReturned")
@@ -767,6 +935,27 @@ pub(crate) fn send_notification_xml(
     )
 }
 
+/// The `SendNotification` body Exchange pushes when it can no longer read a subscription's
+/// events: `ResponseClass="Error"`, no `Notification`, the subscription id only in
+/// `MessageXml`. The subscription is over after it.
+pub(crate) fn read_events_failed_xml(subscription_id: &str) -> String {
+    format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="utf-8"?><soap11:Envelope xmlns:soap11="{soap}"><soap11:Header>"#,
+            r#"<t:RequestServerVersion xmlns:m="{m}" Version="Exchange2016" xmlns:t="{t}"/></soap11:Header><soap11:Body>"#,
+            r#"<m:SendNotification xmlns:t="{t}" xmlns:m="{m}"><m:ResponseMessages><m:SendNotificationResponseMessage ResponseClass="Error">"#,
+            "<m:MessageText>The events of this subscription could not be read. Create the subscription again.</m:MessageText>",
+            "<m:ResponseCode>ErrorReadEventsFailed</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>",
+            r#"<m:MessageXml><t:Value Name="SubscriptionId">{id}</t:Value></m:MessageXml>"#,
+            "</m:SendNotificationResponseMessage></m:ResponseMessages></m:SendNotification></soap11:Body></soap11:Envelope>"
+        ),
+        soap = NS_SOAP11,
+        m = NS_MESSAGES,
+        t = NS_TYPES,
+        id = esc(subscription_id),
+    )
+}
+
 /// Reads the callback's `SendNotificationResult/SubscriptionStatus`; `None` when the body is
 /// not such a reply (Exchange counts that as a failed delivery).
 pub(crate) fn parse_reply(body: &[u8]) -> Option<SubscriptionStatus> {
@@ -821,8 +1010,15 @@ mod tests {
 
     #[test]
     fn watermarks_round_trip_and_foreign_ones_are_refused() {
-        let w = watermark(3, 42, 7);
-        assert_eq!(parse_watermark(&w), Some((3, 42)));
+        let w = watermark(1, 3, 42, 7);
+        assert_eq!(
+            parse_watermark(&w),
+            Some(Watermark {
+                epoch: 1,
+                room: 3,
+                pos: 42
+            })
+        );
         assert_eq!(parse_watermark("AQAAAHJvb20tYS13bS0wMDAy"), None);
         assert_eq!(parse_watermark(""), None);
         assert_eq!(parse_sync_state(&sync_state(2, 9)), Some((2, 9)));

@@ -2,8 +2,10 @@
 //! validation handshake, renew, delete, list), events by id, and `calendarView` with its
 //! delta query, each answering with Graph's JSON shapes and error bodies.
 //!
-//! Every route needs a live bearer token, and an injected throttle answers `429` with
-//! `Retry-After` before the route runs.
+//! Every route needs a live bearer token issued for Graph (an Exchange token gets `401
+//! InvalidAuthenticationToken`, as a wrong audience does), and an injected throttle answers
+//! `429` with `Retry-After` before the route runs. Users (rooms) are named by UPN or by
+//! object id alike, and notifications name them by object id, as Graph does.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,9 +23,13 @@ use serde_json::{Value, json};
 
 use super::calendar::{Instance, Room};
 use super::control::{Backend, GraphSubscriptionSnapshot, PushRecord};
-use super::{AppState, SimState, authorized, graph_datetime, json_response, odata_time};
+use super::oauth::TokenResource;
+use super::{
+    AppState, BearerCheck, SimState, check_bearer, graph_datetime, json_response, odata_time,
+};
 
-/// Shortest and longest subscription lifetime accepted for Outlook events, in minutes.
+/// Shortest subscription lifetime for Outlook events, in minutes: an earlier expiration is
+/// moved up to this, not refused. The longest one is refused beyond.
 pub(crate) const MIN_LIFETIME_MINUTES: i64 = 45;
 pub(crate) const MAX_LIFETIME_MINUTES: i64 = 10_080;
 /// Graph waits this long for the handshake echo; it is not configurable and not scaled.
@@ -47,6 +53,7 @@ pub(crate) struct GraphSub {
     pub(crate) lifecycle_url: Option<String>,
     pub(crate) client_state: Option<String>,
     pub(crate) expiration: DateTime<Utc>,
+    pub(crate) prefer_immutable_id: bool,
 }
 
 impl GraphSub {
@@ -60,6 +67,7 @@ impl GraphSub {
             lifecycle_notification_url: self.lifecycle_url.clone(),
             client_state: self.client_state.clone(),
             expiration_date_time: self.expiration,
+            prefer_immutable_id: self.prefer_immutable_id,
         }
     }
 }
@@ -99,6 +107,7 @@ pub(crate) fn routes(shared: AppState) -> Router<AppState> {
             "/v1.0/subscriptions/{id}/reauthorize",
             axum::routing::post(reauthorize_subscription),
         )
+        .route("/v1.0/users/{room}", get(get_user))
         .route("/v1.0/users/{room}/events/{id}", get(get_event))
         .route("/v1.0/users/{room}/calendarView", get(calendar_view))
         .route("/v1.0/users/{room}/calendarview", get(calendar_view))
@@ -128,11 +137,17 @@ pub(crate) fn graph_error(status: StatusCode, code: &str, message: &str) -> Resp
 
 /// Authentication, then injected throttling.
 async fn gate(State(shared): State<AppState>, request: Request, next: Next) -> Response {
-    if !authorized(&shared, request.headers()) {
+    let refusal = match check_bearer(&shared, request.headers(), TokenResource::Graph) {
+        BearerCheck::Valid => None,
+        BearerCheck::WrongResource(_) => Some("Access token validation failure. Invalid audience."),
+        BearerCheck::Expired => Some("Lifetime validation failed, the token is expired."),
+        BearerCheck::Invalid => Some("Access token is empty or invalid."),
+    };
+    if let Some(message) = refusal {
         let mut r = graph_error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
-            "Access token is empty or invalid.",
+            message,
         );
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -144,19 +159,21 @@ async fn gate(State(shared): State<AppState>, request: Request, next: Next) -> R
         let mut state = shared.lock();
         if state.faults.graph_throttle > 0 {
             state.faults.graph_throttle -= 1;
-            Some(state.faults.graph_retry_after)
+            Some(state.faults.graph_retry_after.clone())
         } else {
             None
         }
     };
-    if let Some(secs) = throttled {
+    if let Some(retry_after) = throttled {
         let mut r = graph_error(
             StatusCode::TOO_MANY_REQUESTS,
             "ApplicationThrottled",
             "Application is over its MailboxConcurrency limit.",
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        // Checked when the fault was injected; a value that still fails is left out.
+        if let Ok(value) = HeaderValue::from_str(&retry_after) {
+            r.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         return r;
     }
     next.run(request).await
@@ -236,20 +253,37 @@ fn resource_room(resource: &str) -> Option<String> {
     }
 }
 
-fn lifetime_problem(expiration: DateTime<Utc>) -> Option<String> {
+/// The expiration Graph keeps for a requested one: under the minimum it is moved up to 45
+/// minutes from now; beyond the maximum it is refused with the message returned.
+fn settle_expiration(requested: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     let now = Utc::now();
-    // A minute of slack below the minimum covers the client's own clock and the trip here.
-    if expiration < now + TimeDelta::minutes(MIN_LIFETIME_MINUTES) - TimeDelta::minutes(1) {
-        return Some(format!(
-            "Subscription expiration must be at least {MIN_LIFETIME_MINUTES} minutes in the future."
-        ));
-    }
-    if expiration > now + TimeDelta::minutes(MAX_LIFETIME_MINUTES) {
-        return Some(format!(
+    if requested > now + TimeDelta::minutes(MAX_LIFETIME_MINUTES) {
+        return Err(format!(
             "Subscription expiration can only be {MAX_LIFETIME_MINUTES} minutes in the future."
         ));
     }
-    None
+    Ok(requested.max(now + TimeDelta::minutes(MIN_LIFETIME_MINUTES)))
+}
+
+fn expiration_too_far(message: &str) -> Response {
+    graph_error(StatusCode::BAD_REQUEST, "ExtensionError", message)
+}
+
+/// Whether a `Prefer` header asks for immutable ids (`IdType="ImmutableId"`).
+fn prefers_immutable_id(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("IdType")
+                    && v.trim()
+                        .trim_matches('"')
+                        .eq_ignore_ascii_case("ImmutableId")
+            })
+        })
 }
 
 fn bad_request(message: &str) -> Response {
@@ -288,19 +322,12 @@ pub(crate) async fn validate_endpoint(shared: &AppState, url: &str) -> Result<()
         .await;
     let (status, outcome) = match sent {
         Err(e) if e.is_timeout() => (None, Err("Subscription validation request timed out.")),
-        Err(_) => (
-            None,
-            Err(
-                "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
-            ),
-        ),
+        Err(_) => (None, Err(VALIDATION_FAILED)),
         Ok(response) => {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             let outcome = if status != StatusCode::OK {
-                Err(
-                    "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
-                )
+                Err(VALIDATION_FAILED)
             } else if body != token {
                 Err(
                     "Subscription validation request failed. Response must exactly match validationToken query parameter.",
@@ -311,7 +338,8 @@ pub(crate) async fn validate_endpoint(shared: &AppState, url: &str) -> Result<()
             (Some(status.as_u16()), outcome)
         }
     };
-    shared.lock().record_push(PushRecord {
+    let mut state = shared.lock();
+    state.record_push(PushRecord {
         backend: Backend::Graph,
         url: target,
         subscription_id: String::new(),
@@ -321,8 +349,17 @@ pub(crate) async fn validate_endpoint(shared: &AppState, url: &str) -> Result<()
         at: Utc::now(),
         body: String::new(),
     });
+    if outcome.is_ok() && state.faults.fail_validation > 0 {
+        // Graph sometimes fails a handshake the endpoint answered correctly (its request
+        // timed out on its side); it says the same as for a wrong answer.
+        state.faults.fail_validation -= 1;
+        return Err(VALIDATION_FAILED);
+    }
     outcome
 }
+
+/// What Graph says when a handshake did not get its 200 and echo.
+const VALIDATION_FAILED: &str = "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.";
 
 fn parse_json_object(body: &[u8]) -> Option<serde_json::Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
@@ -343,7 +380,11 @@ fn string_field<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Opti
     map.get(name).and_then(Value::as_str)
 }
 
-async fn create_subscription(State(shared): State<AppState>, body: Bytes) -> Response {
+async fn create_subscription(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(map) = parse_json_object(&body) else {
         return bad_json();
     };
@@ -380,14 +421,14 @@ async fn create_subscription(State(shared): State<AppState>, body: Bytes) -> Res
     let resource = string_field(&map, "resource")
         .unwrap_or_default()
         .to_owned();
-    let Some(room) = resource_room(&resource) else {
+    let Some(user) = resource_room(&resource) else {
         return bad_request("Unsupported resource: expected users/{id}/events.");
     };
-    let Some(expiration) = string_field(&map, "expirationDateTime").and_then(parse_time) else {
+    let Some(requested) = string_field(&map, "expirationDateTime").and_then(parse_time) else {
         return bad_request("expirationDateTime is missing or not a date-time.");
     };
-    if let Some(problem) = lifetime_problem(expiration) {
-        return bad_request(&problem);
+    if let Err(message) = settle_expiration(requested) {
+        return expiration_too_far(&message);
     }
     let client_state = string_field(&map, "clientState").map(str::to_owned);
     if client_state
@@ -399,7 +440,9 @@ async fn create_subscription(State(shared): State<AppState>, body: Bytes) -> Res
     let mut normalized = change_types.clone();
     normalized.sort();
     normalized.dedup();
-    let duplicate = |state: &mut SimState| -> Option<String> {
+    // One app may hold one subscription per change type set and resource, whatever the
+    // notification URL; a user named by UPN or by object id is the same resource.
+    let duplicate = |state: &mut SimState, room: &str| -> Option<String> {
         purge_expired(state);
         state
             .graph_subs
@@ -408,30 +451,31 @@ async fn create_subscription(State(shared): State<AppState>, body: Bytes) -> Res
                 let mut theirs = s.change_types.clone();
                 theirs.sort();
                 theirs.dedup();
-                s.room == room && theirs == normalized && s.notification_url == notification_url
+                s.room == room && theirs == normalized
             })
             .map(|s| s.id.clone())
     };
     let conflict = |id: &str| {
         graph_error(
             StatusCode::CONFLICT,
-            "ExtensionError",
+            "ObjectIdentifierInUse",
             &format!("Subscription Id {id} already exists for the requested combination"),
         )
     };
-    {
+    let room = {
         let mut state = shared.lock();
-        if state.cal.room(&room).is_none() {
+        let Some(room) = state.cal.user(&user).map(|r| r.address.clone()) else {
             return graph_error(
                 StatusCode::NOT_FOUND,
                 "ResourceNotFound",
                 "Resource not found for the segment 'users'.",
             );
-        }
-        if let Some(id) = duplicate(&mut state) {
+        };
+        if let Some(id) = duplicate(&mut state, &room) {
             return conflict(&id);
         }
-    }
+        room
+    };
     if let Err(message) = validate_endpoint(&shared, &notification_url).await {
         return graph_error(StatusCode::BAD_REQUEST, "ValidationError", message);
     }
@@ -440,9 +484,14 @@ async fn create_subscription(State(shared): State<AppState>, body: Bytes) -> Res
     {
         return graph_error(StatusCode::BAD_REQUEST, "ValidationError", message);
     }
+    // The 45-minute floor counts from when the subscription is made, after the handshakes.
+    let expiration = match settle_expiration(requested) {
+        Ok(at) => at,
+        Err(message) => return expiration_too_far(&message),
+    };
     let sub = {
         let mut state = shared.lock();
-        if let Some(id) = duplicate(&mut state) {
+        if let Some(id) = duplicate(&mut state, &room) {
             return conflict(&id);
         }
         let sub = GraphSub {
@@ -455,6 +504,7 @@ async fn create_subscription(State(shared): State<AppState>, body: Bytes) -> Res
             lifecycle_url,
             client_state,
             expiration,
+            prefer_immutable_id: prefers_immutable_id(&headers),
         };
         state.graph_subs.insert(sub.id.clone(), sub.clone());
         sub
@@ -526,8 +576,8 @@ async fn renew_subscription(
     if expiration.is_none() && notification_url.is_none() {
         return bad_request("The request must change expirationDateTime or notificationUrl.");
     }
-    if let Some(problem) = expiration.and_then(lifetime_problem) {
-        return bad_request(&problem);
+    if let Some(Err(message)) = expiration.map(settle_expiration) {
+        return expiration_too_far(&message);
     }
     if notification_url
         .as_deref()
@@ -541,6 +591,11 @@ async fn renew_subscription(
     if let Err(message) = validate_endpoint(&shared, &url).await {
         return graph_error(StatusCode::BAD_REQUEST, "ValidationError", message);
     }
+    let expiration = match expiration.map(settle_expiration) {
+        Some(Err(message)) => return expiration_too_far(&message),
+        Some(Ok(at)) => Some(at),
+        None => None,
+    };
     let updated = {
         let mut state = shared.lock();
         state.graph_subs.get_mut(&id).map(|sub| {
@@ -632,13 +687,67 @@ fn unknown_user(room: &str) -> Response {
     )
 }
 
+/// `GET /users/{upn-or-id}`: the room as a directory user.
+async fn get_user(State(shared): State<AppState>, Path(user): Path<String>) -> Response {
+    let found = shared
+        .lock()
+        .cal
+        .user(&user)
+        .map(|r| (r.object_id.clone(), r.address.clone()));
+    let Some((id, address)) = found else {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            &format!(
+                "Resource '{user}' does not exist or one of its queried reference-property objects are not present."
+            ),
+        );
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "@odata.context": format!("{}/v1.0/$metadata#users/$entity", shared.base_url),
+            "businessPhones": [],
+            "displayName": display_name(&address),
+            "givenName": null,
+            "jobTitle": null,
+            "mail": address,
+            "mobilePhone": null,
+            "officeLocation": null,
+            "preferredLanguage": null,
+            "surname": null,
+            "userPrincipalName": address,
+            "id": id,
+        }),
+    )
+}
+
+/// `room-01@x` → `Room 01`: something a directory could hold.
+fn display_name(address: &str) -> String {
+    let local = address.split('@').next().unwrap_or(address);
+    let mut out = String::with_capacity(local.len());
+    let mut upper = true;
+    for c in local.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            out.push(' ');
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 async fn get_event(
     State(shared): State<AppState>,
     Path((room, id)): Path<(String, String)>,
 ) -> Response {
     let found = {
         let state = shared.lock();
-        state.cal.room(&room).map(|r| r.instance(&id))
+        state.cal.user(&room).map(|r| r.instance(&id))
     };
     match found {
         None => unknown_user(&room),
@@ -785,7 +894,7 @@ async fn calendar_view(
     };
     let values = {
         let state = shared.lock();
-        let Some(r) = state.cal.room(&room) else {
+        let Some(r) = state.cal.user(&room) else {
             return unknown_user(&room);
         };
         r.view(from, to).iter().map(event_json).collect()
@@ -858,7 +967,7 @@ async fn calendar_delta(
             return bad_window();
         };
         let state = shared.lock();
-        let Some(r) = state.cal.room(&room) else {
+        let Some(r) = state.cal.user(&room) else {
             return unknown_user(&room);
         };
         Page {

@@ -4,6 +4,11 @@
 //! notifications POSTed to callbacks the way Exchange does (validation handshake, keep-alive
 //! status events, retries, lifecycle events), deterministic for a given seed.
 //!
+//! It is meant to be as strict as Microsoft wherever a lax simulator would let a wrong
+//! client pass: tokens work only for the resource they were issued for, app-only EWS calls
+//! must impersonate the room and anchor on it, Graph refuses duplicate subscriptions and
+//! over-long lifetimes, and notifications name rooms by object id.
+//!
 //! Used in-process by integration tests through [`Simulator::start`] and [`Control`], and by
 //! `rooms-sync simulate` through [`run`]. Time-based behaviour (push retries, status
 //! frequency, token lifetime) is divided by [`SimulatorConfig::time_scale`] so tests can run
@@ -38,9 +43,10 @@ mod tests;
 
 pub use calendar::{Meeting, Recurrence};
 pub use control::{
-    Backend, Control, EwsSubscriptionSnapshot, Fault, GraphSubscriptionSnapshot, LifecycleKind,
-    PushRecord, RequestRecord,
+    AuthScheme, Backend, Control, EwsEnd, EwsSubscriptionSnapshot, Fault,
+    GraphSubscriptionSnapshot, LifecycleKind, PushRecord, RequestRecord, RoomIdentity,
 };
+pub use oauth::TokenResource;
 
 /// How to run a simulator.
 #[derive(Debug, Clone)]
@@ -93,6 +99,8 @@ pub enum SimError {
     UnknownSubscription(String),
     #[error("invalid meeting: {0}")]
     InvalidMeeting(String),
+    #[error("invalid fault: {0}")]
+    InvalidFault(String),
 }
 
 /// The entry point.
@@ -196,6 +204,8 @@ pub(crate) struct SimState {
     pub(crate) pages: HashMap<String, graph::Page>,
     pub(crate) delta_links: HashMap<String, graph::DeltaState>,
     pub(crate) faults: control::Faults,
+    /// Part of every EWS watermark; bumping it makes every watermark issued so far unknown.
+    pub(crate) ews_watermark_epoch: u32,
     pub(crate) requests: VecDeque<RequestRecord>,
     pub(crate) pushes: VecDeque<PushRecord>,
 }
@@ -220,6 +230,7 @@ impl Shared {
             pages: HashMap::new(),
             delta_links: HashMap::new(),
             faults: control::Faults::default(),
+            ews_watermark_epoch: 0,
             requests: VecDeque::new(),
             pushes: VecDeque::new(),
         };
@@ -275,11 +286,22 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "no such simulated endpoint").into_response()
 }
 
-/// Records every request outside the control API with the status it got.
+/// Records every request outside the control API with the status it got, and with what a
+/// client test asserts on: its `Prefer` and `X-AnchorMailbox` headers and how it
+/// authenticated (the scheme, and for a bearer token the resource it was issued for; never
+/// the credential itself).
 async fn record_request(State(shared): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let at = Utc::now();
+    let headers = request.headers();
+    let prefer = joined_header(headers, "prefer");
+    let anchor_mailbox = joined_header(headers, "x-anchormailbox");
+    let auth_scheme = auth_scheme(headers);
+    let token_resource = bearer_token(headers).and_then(|t| {
+        // Read before the handler runs: a revoked token is still recorded as what it was.
+        shared.lock().tokens.get(t).map(|t| t.resource)
+    });
     let response = next.run(request).await;
     if !path.starts_with("/_sim/") {
         let mut state = shared.lock();
@@ -291,30 +313,83 @@ async fn record_request(State(shared): State<AppState>, request: Request, next: 
             path,
             at,
             status: response.status().as_u16(),
+            prefer,
+            anchor_mailbox,
+            auth_scheme,
+            token_resource,
         });
     }
     response
 }
 
-/// Whether the request carries a live bearer token from the token endpoint.
-pub(crate) fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+/// Every value of a header, joined with `, ` as HTTP allows; `None` when absent.
+pub(crate) fn joined_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// The scheme of the `Authorization` header.
+pub(crate) fn auth_scheme(headers: &HeaderMap) -> AuthScheme {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     else {
-        return false;
+        return AuthScheme::None;
     };
-    let Some((scheme, token)) = value.trim().split_once(' ') else {
-        return false;
-    };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return false;
+    let scheme = value.trim().split(' ').next().unwrap_or_default();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        AuthScheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        AuthScheme::Basic
+    } else if scheme.is_empty() {
+        AuthScheme::None
+    } else {
+        AuthScheme::Other
     }
+}
+
+/// The token of a `Bearer` authorization header.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// What a request's bearer token is worth on a route of one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BearerCheck {
+    /// A live token issued for this resource.
+    Valid,
+    /// A live token issued for another resource (a wrong audience).
+    WrongResource(TokenResource),
+    /// A token the simulator issued whose lifetime is over.
+    Expired,
+    /// No bearer token, or one that is unknown or revoked.
+    Invalid,
+}
+
+/// Checks the request's bearer token against the resource the route belongs to.
+pub(crate) fn check_bearer(
+    shared: &Shared,
+    headers: &HeaderMap,
+    want: TokenResource,
+) -> BearerCheck {
+    let Some(token) = bearer_token(headers) else {
+        return BearerCheck::Invalid;
+    };
     let state = shared.lock();
-    state
-        .tokens
-        .get(token.trim())
-        .is_some_and(|t| t.expires_at > tokio::time::Instant::now())
+    match state.tokens.get(token) {
+        Some(t) if t.expires_at <= tokio::time::Instant::now() => BearerCheck::Expired,
+        Some(t) if t.resource == want => BearerCheck::Valid,
+        Some(t) => BearerCheck::WrongResource(t.resource),
+        None => BearerCheck::Invalid,
+    }
 }
 
 /// Graph's `dateTime` shape: seven fraction digits, no offset (the zone travels apart).

@@ -1,6 +1,9 @@
 //! The Microsoft identity platform's client-credentials token endpoint
 //! (`POST /{tenant}/oauth2/v2.0/token`), issuing opaque bearer tokens that Graph and EWS
 //! calls must present. Tokens expire after `expires_in` seconds of scaled time.
+//!
+//! Each token remembers the resource its scope named (its audience): a Graph token is
+//! refused by EWS and an Exchange token by Graph, as Microsoft's services check `aud`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,6 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
+use serde::Serialize;
 use serde_json::json;
 
 use super::{AppState, json_response};
@@ -18,16 +22,41 @@ use super::{AppState, json_response};
 /// What Microsoft returns as `expires_in` for app tokens.
 pub(crate) const TOKEN_LIFETIME_SECS: u64 = 3599;
 
-/// The scopes the simulator grants.
-const SCOPES: [&str; 2] = [
-    "https://graph.microsoft.com/.default",
-    "https://outlook.office365.com/.default",
-];
+/// The resource an access token was issued for (its `aud` claim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TokenResource {
+    /// `https://graph.microsoft.com`: good for Graph routes only.
+    Graph,
+    /// `https://outlook.office365.com`: good for EWS only.
+    Ews,
+}
+
+impl TokenResource {
+    /// The resource a client-credentials scope names; `None` for a scope the simulator
+    /// does not grant.
+    pub(crate) fn from_scope(scope: &str) -> Option<Self> {
+        match scope {
+            "https://graph.microsoft.com/.default" => Some(Self::Graph),
+            "https://outlook.office365.com/.default" => Some(Self::Ews),
+            _ => None,
+        }
+    }
+
+    /// The audience URI, as Exchange quotes it when it refuses a token.
+    pub(crate) fn audience(self) -> &'static str {
+        match self {
+            Self::Graph => "https://graph.microsoft.com",
+            Self::Ews => "https://outlook.office365.com",
+        }
+    }
+}
 
 /// An issued access token.
 #[derive(Debug, Clone)]
 pub(crate) struct Token {
     pub(crate) expires_at: tokio::time::Instant,
+    pub(crate) resource: TokenResource,
 }
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -87,15 +116,14 @@ async fn token(
             "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
         );
     }
-    let scope = field("scope");
-    if !SCOPES.contains(&scope) {
+    let Some(resource) = TokenResource::from_scope(field("scope")) else {
         return aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             1_002_012,
             "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
         );
-    }
+    };
     // The lifetime is scaled like every other clock in the simulator and the scaled value
     // is what `expires_in` reports, so a client that honours it refreshes in time.
     let lifetime = shared.scaled(Duration::from_secs(TOKEN_LIFETIME_SECS));
@@ -107,6 +135,7 @@ async fn token(
             token.clone(),
             Token {
                 expires_at: tokio::time::Instant::now() + lifetime,
+                resource,
             },
         );
         token

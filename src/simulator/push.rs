@@ -1,8 +1,11 @@
-//! Outbound notifications: Graph change and lifecycle notifications POSTed as JSON with
-//! bounded, backed-off retries, and one task per EWS push subscription that sends
-//! `SendNotification` batches and `StatusEvent` keep-alives, retries a failed delivery at
-//! 30 s doubling until the interval exceeds the `StatusFrequency` (then the subscription is
-//! dead, as in Exchange), and ends on an `Unsubscribe` reply. Every attempt is recorded.
+//! Outbound notifications: Graph change notifications POSTed as JSON with bounded,
+//! backed-off retries (lifecycle notifications only to a subscription's
+//! `lifecycleNotificationUrl`, never to its `notificationUrl`), and one task per EWS push
+//! subscription that sends a `StatusEvent` at once on subscribing (as Exchange does, often
+//! before the client has read the Subscribe response), then `SendNotification` batches and
+//! `StatusEvent` keep-alives, retries a failed delivery at 30 s doubling until the interval
+//! exceeds the `StatusFrequency` (then the subscription is dead, as in Exchange), and ends on
+//! an `Unsubscribe` reply. Every attempt is recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +15,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::calendar::Applied;
-use super::control::{Backend, LifecycleKind, PushRecord};
+use super::control::{Backend, EwsEnd, LifecycleKind, PushRecord};
 use super::ews::{self, OutEvent};
 use super::graph::purge_expired;
 use super::{Shared, SimError, odata_time};
@@ -56,6 +59,13 @@ pub(crate) fn on_change(shared: &Arc<Shared>, applied: &Applied) {
         let mut state = shared.lock();
         purge_expired(&mut state);
         let tenant = shared.config.tenant_id.clone();
+        // Graph names the mailbox by its object id in notifications, whatever the
+        // subscription's resource said.
+        let user = state
+            .cal
+            .room(&applied.room)
+            .map(|r| r.object_id.clone())
+            .unwrap_or_default();
         state
             .graph_subs
             .values()
@@ -63,7 +73,7 @@ pub(crate) fn on_change(shared: &Arc<Shared>, applied: &Applied) {
                 s.room == applied.room && s.change_types.iter().any(|c| c == applied.kind.graph())
             })
             .map(|s| {
-                let resource = format!("Users/{}/Events/{}", applied.room, applied.item.id);
+                let resource = format!("Users/{user}/Events/{}", applied.item.id);
                 let body = json!({
                     "value": [{
                         "subscriptionId": s.id,
@@ -94,7 +104,9 @@ pub(crate) fn on_change(shared: &Arc<Shared>, applied: &Applied) {
     shared.ews_tick.send_modify(|n| *n = n.wrapping_add(1));
 }
 
-/// Sends a lifecycle notification for a Graph subscription now.
+/// Sends a lifecycle notification for a Graph subscription now, to its
+/// `lifecycleNotificationUrl`; a subscription created without one is not told (Graph never
+/// falls back to the `notificationUrl`), though `subscriptionRemoved` still removes it.
 pub(crate) fn send_lifecycle(
     shared: &Arc<Shared>,
     subscription_id: &str,
@@ -110,6 +122,9 @@ pub(crate) fn send_lifecycle(
         if kind == LifecycleKind::SubscriptionRemoved {
             state.graph_subs.remove(subscription_id);
         }
+        let Some(url) = sub.lifecycle_url else {
+            return Ok(());
+        };
         let body = json!({
             "value": [{
                 "lifecycleEvent": kind.as_str(),
@@ -119,10 +134,7 @@ pub(crate) fn send_lifecycle(
                 "tenantId": shared.config.tenant_id,
             }]
         });
-        (
-            sub.lifecycle_url.unwrap_or(sub.notification_url),
-            body.to_string(),
-        )
+        (url, body.to_string())
     };
     let shared2 = Arc::clone(shared);
     let sub_id = subscription_id.to_owned();
@@ -206,31 +218,52 @@ struct Batch {
     last_pos: u64,
     last_watermark: String,
     status_frequency: u32,
+    /// Whether delivery stops once the subscription is no longer alive (all batches but the
+    /// farewell `ErrorReadEventsFailed`, which is sent by a subscription already ended).
+    needs_live: bool,
 }
 
-/// Builds the next batch: pending events after the cursor, or (when `status` and nothing is
-/// pending) a status event. `None` when there is nothing to send or the subscription ended.
-fn next_batch(shared: &Shared, sub_id: &str, status: bool) -> Option<Batch> {
+/// What a subscription task wants to send next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Pending events, if any.
+    Events,
+    /// Pending events, else a keep-alive status event.
+    EventsOrStatus,
+    /// A status event even if events are pending: the first notification of a subscription.
+    Status,
+}
+
+/// Builds the next batch: pending events after the cursor, or a status event (see [`Want`]).
+/// `None` when there is nothing to send or the subscription ended.
+fn next_batch(shared: &Shared, sub_id: &str, want: Want) -> Option<Batch> {
     let mut state = shared.lock();
     let state = &mut *state;
+    let epoch = state.ews_watermark_epoch;
     let sub = state.ews_subs.get_mut(sub_id).filter(|s| s.alive)?;
     let room = state.cal.room(&sub.room)?;
     let pending: Vec<_> = room.ews_log.iter().filter(|e| e.pos > sub.cursor).collect();
-    let wanted: Vec<_> = pending
-        .iter()
-        .filter(|e| sub.event_types.contains(&e.kind))
-        .take(MAX_EVENTS_PER_NOTIFICATION)
-        .collect();
+    let wanted: Vec<_> = if want == Want::Status {
+        Vec::new()
+    } else {
+        pending
+            .iter()
+            .filter(|e| sub.event_types.contains(&e.kind))
+            .take(MAX_EVENTS_PER_NOTIFICATION)
+            .collect()
+    };
     if wanted.is_empty() {
-        // Events the subscription did not ask for still move its position.
-        if let Some(last) = pending.last() {
-            sub.cursor = last.pos;
+        if want != Want::Status {
+            // Events the subscription did not ask for still move its position.
+            if let Some(last) = pending.last() {
+                sub.cursor = last.pos;
+            }
         }
-        if !status {
+        if want == Want::Events {
             return None;
         }
         sub.status_nonce += 1;
-        let wm = ews::watermark(sub.room_number, sub.cursor, sub.status_nonce);
+        let wm = ews::watermark(epoch, sub.room_number, sub.cursor, sub.status_nonce);
         let events = [OutEvent {
             event: None,
             watermark: wm.clone(),
@@ -243,6 +276,7 @@ fn next_batch(shared: &Shared, sub_id: &str, status: bool) -> Option<Batch> {
             last_pos: sub.cursor,
             last_watermark: wm,
             status_frequency: sub.status_frequency,
+            needs_live: true,
         });
     }
     let more = pending
@@ -254,7 +288,7 @@ fn next_batch(shared: &Shared, sub_id: &str, status: bool) -> Option<Batch> {
         .iter()
         .map(|e| OutEvent {
             event: Some((**e).clone()),
-            watermark: ews::watermark(sub.room_number, e.pos, 0),
+            watermark: ews::watermark(epoch, sub.room_number, e.pos, 0),
         })
         .collect();
     let last_pos = wanted.last().map_or(sub.cursor, |e| e.pos);
@@ -270,14 +304,70 @@ fn next_batch(shared: &Shared, sub_id: &str, status: bool) -> Option<Batch> {
         last_pos,
         last_watermark,
         status_frequency: sub.status_frequency,
+        needs_live: true,
     })
 }
 
-fn end_subscription(shared: &Shared, sub_id: &str, why: &str) {
+fn end_subscription(shared: &Shared, sub_id: &str, why: EwsEnd) {
     if let Some(sub) = shared.lock().ews_subs.get_mut(sub_id) {
         sub.alive = false;
-        sub.ended_by = Some(why.to_owned());
+        sub.ended_by = Some(why);
     }
+}
+
+fn is_alive(shared: &Shared, sub_id: &str) -> bool {
+    shared.lock().ews_subs.get(sub_id).is_some_and(|s| s.alive)
+}
+
+/// Ends a live EWS subscription now for `why`; the client is not told.
+pub(crate) fn end_ews_subscription(
+    shared: &Shared,
+    sub_id: &str,
+    why: EwsEnd,
+) -> Result<(), SimError> {
+    {
+        let mut state = shared.lock();
+        let sub = state
+            .ews_subs
+            .get_mut(sub_id)
+            .filter(|s| s.alive)
+            .ok_or_else(|| SimError::UnknownSubscription(sub_id.to_owned()))?;
+        sub.alive = false;
+        sub.ended_by = Some(why);
+    }
+    // Wakes the subscription's task so it notices and stops.
+    shared.ews_tick.send_modify(|n| *n = n.wrapping_add(1));
+    Ok(())
+}
+
+/// Ends a live EWS subscription with the `ErrorReadEventsFailed` message Exchange pushes
+/// when it can no longer read the mailbox's events for it.
+pub(crate) fn send_read_events_failed(shared: &Arc<Shared>, sub_id: &str) -> Result<(), SimError> {
+    let batch = {
+        let state = shared.lock();
+        let sub = state
+            .ews_subs
+            .get(sub_id)
+            .filter(|s| s.alive)
+            .ok_or_else(|| SimError::UnknownSubscription(sub_id.to_owned()))?;
+        Batch {
+            url: sub.url.clone(),
+            body: ews::read_events_failed_xml(&sub.id),
+            kind: "error",
+            last_pos: sub.cursor,
+            last_watermark: sub.last_watermark.clone(),
+            status_frequency: sub.status_frequency,
+            needs_live: false,
+        }
+    };
+    end_ews_subscription(shared, sub_id, EwsEnd::ReadEventsFailed)?;
+    let shared2 = Arc::clone(shared);
+    let sub_id = sub_id.to_owned();
+    shared.runtime.spawn(async move {
+        // Whatever the callback answers, the subscription is over.
+        deliver_ews(&shared2, &sub_id, &batch).await;
+    });
+    Ok(())
 }
 
 /// Outcome of delivering one batch with Exchange's retry schedule.
@@ -285,7 +375,8 @@ enum Delivered {
     Ok,
     Unsubscribe,
     GaveUp,
-    Shutdown,
+    /// The simulator is shutting down, or the subscription ended meanwhile.
+    Stopped,
 }
 
 /// One `SendNotification` POST: the HTTP status (`None` without an answer) and the
@@ -336,6 +427,9 @@ async fn deliver_ews(shared: &Shared, sub_id: &str, batch: &Batch) -> Delivered 
     let mut interval = FIRST_RETRY;
     let mut attempt = 1;
     loop {
+        if batch.needs_live && !is_alive(shared, sub_id) {
+            return Delivered::Stopped;
+        }
         let (status, reply) = if take_push_failure(shared) {
             (None, None)
         } else {
@@ -359,7 +453,7 @@ async fn deliver_ews(shared: &Shared, sub_id: &str, batch: &Batch) -> Delivered 
             return Delivered::GaveUp;
         }
         if !pause(shared, interval).await {
-            return Delivered::Shutdown;
+            return Delivered::Stopped;
         }
         interval *= 2;
         attempt += 1;
@@ -368,16 +462,22 @@ async fn deliver_ews(shared: &Shared, sub_id: &str, batch: &Batch) -> Delivered 
 
 async fn ews_subscription_task(shared: Arc<Shared>, sub_id: String) {
     let mut tick = shared.ews_tick.subscribe();
-    let mut last_sent = tokio::time::Instant::now();
+    // `None` until the first notification, a status event sent at once, is delivered.
+    let mut last_sent: Option<tokio::time::Instant> = None;
     loop {
         let frequency = match shared.lock().ews_subs.get(&sub_id) {
             Some(s) if s.alive => s.status_frequency,
             _ => return,
         };
         let status_every = shared.scaled(Duration::from_secs(u64::from(frequency) * 60));
-        let due = last_sent + status_every;
-        let status_due = tokio::time::Instant::now() >= due;
-        let Some(batch) = next_batch(&shared, &sub_id, status_due) else {
+        let now = tokio::time::Instant::now();
+        let due = last_sent.map_or(now + status_every, |t| t + status_every);
+        let want = match last_sent {
+            None => Want::Status,
+            Some(_) if now >= due => Want::EventsOrStatus,
+            Some(_) => Want::Events,
+        };
+        let Some(batch) = next_batch(&shared, &sub_id, want) else {
             tokio::select! {
                 () = shared.shutdown.cancelled() => return,
                 changed = tick.changed() => if changed.is_err() { return },
@@ -391,17 +491,17 @@ async fn ews_subscription_task(shared: Arc<Shared>, sub_id: String) {
                     sub.cursor = batch.last_pos;
                     sub.last_watermark = batch.last_watermark.clone();
                 }
-                last_sent = tokio::time::Instant::now();
+                last_sent = Some(tokio::time::Instant::now());
             }
             Delivered::Unsubscribe => {
-                end_subscription(&shared, &sub_id, "unsubscribe");
+                end_subscription(&shared, &sub_id, EwsEnd::Unsubscribe);
                 return;
             }
             Delivered::GaveUp => {
-                end_subscription(&shared, &sub_id, "retries exhausted");
+                end_subscription(&shared, &sub_id, EwsEnd::RetriesExhausted);
                 return;
             }
-            Delivered::Shutdown => return,
+            Delivered::Stopped => return,
         }
     }
 }

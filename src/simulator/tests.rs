@@ -25,6 +25,8 @@ use crate::graph::notification::{GraphKind, parse_notification_collection, valid
 
 const SCALE: f64 = 600.0;
 const ROOM: &str = "room1@sim.example";
+const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+const EWS_SCOPE: &str = "https://outlook.office365.com/.default";
 
 // ---- harness ---------------------------------------------------------------
 
@@ -58,22 +60,32 @@ impl Sim {
         self.handle.control()
     }
 
-    async fn token_with(&self, secret: &str) -> reqwest::Response {
+    async fn token_with(&self, secret: &str, scope: &str) -> reqwest::Response {
         self.http
             .post(self.url("/sim-tenant/oauth2/v2.0/token"))
             .form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", "sim-client"),
                 ("client_secret", secret),
-                ("scope", "https://graph.microsoft.com/.default"),
+                ("scope", scope),
             ])
             .send()
             .await
             .unwrap()
     }
 
+    /// A Graph token.
     async fn token(&self) -> String {
-        let body: Value = self.token_with("sim-secret").await.json().await.unwrap();
+        self.token_for(GRAPH_SCOPE).await
+    }
+
+    async fn token_for(&self, scope: &str) -> String {
+        let body: Value = self
+            .token_with("sim-secret", scope)
+            .await
+            .json()
+            .await
+            .unwrap();
         body["access_token"].as_str().unwrap().to_owned()
     }
 
@@ -102,25 +114,53 @@ impl Sim {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Sends an EWS operation impersonating `room`; returns the status and the parsed body.
+    /// Sends an EWS operation with an Exchange token, impersonating `room` and anchored
+    /// on it, as a correct app-only client does; returns the status and the parsed body.
     async fn ews(&self, room: &str, operation: &str) -> (StatusCode, Node) {
-        let token = self.token().await;
+        let token = self.token_for(EWS_SCOPE).await;
+        self.ews_as(
+            &format!("Bearer {token}"),
+            Some(room),
+            Some(room),
+            operation,
+        )
+        .await
+    }
+
+    /// Sends an EWS operation with the given `Authorization`, `ExchangeImpersonation`
+    /// address and `X-AnchorMailbox` (each left out when `None`).
+    async fn ews_as(
+        &self,
+        authorization: &str,
+        impersonate: Option<&str>,
+        anchor: Option<&str>,
+        operation: &str,
+    ) -> (StatusCode, Node) {
+        let impersonation = impersonate.map_or_else(String::new, |room| {
+            format!(
+                "<t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>{room}</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
+            )
+        });
         let body = format!(
-            r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"><soap:Header><t:RequestServerVersion Version="Exchange2016"/><t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>{room}</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></soap:Header><soap:Body>{operation}</soap:Body></soap:Envelope>"#
+            r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"><soap:Header><t:RequestServerVersion Version="Exchange2016"/>{impersonation}</soap:Header><soap:Body>{operation}</soap:Body></soap:Envelope>"#
         );
-        let r = self
+        let mut req = self
             .http
             .post(self.url("/EWS/Exchange.asmx"))
-            .bearer_auth(token)
-            .header("Content-Type", "text/xml; charset=utf-8")
-            .header("X-AnchorMailbox", room)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+            .header("Authorization", authorization)
+            .header("Content-Type", "text/xml; charset=utf-8");
+        if let Some(anchor) = anchor {
+            req = req.header("X-AnchorMailbox", anchor);
+        }
+        let r = req.body(body).send().await.unwrap();
         let status = r.status();
         let text = r.bytes().await.unwrap();
-        (status, xml::parse(&text).unwrap())
+        let parsed = if text.is_empty() {
+            xml::parse(b"<empty/>").unwrap()
+        } else {
+            xml::parse(&text).unwrap()
+        };
+        (status, parsed)
     }
 
     async fn ews_subscribe(&self, url: &str, frequency: u32, watermark: Option<&str>) -> Node {
@@ -316,11 +356,15 @@ async fn receive(
 }
 
 fn subscription_body(rx: &Receiver, minutes: i64) -> Value {
+    subscription_body_for(rx, ROOM, minutes)
+}
+
+fn subscription_body_for(rx: &Receiver, room: &str, minutes: i64) -> Value {
     json!({
         "changeType": "created,updated,deleted",
         "notificationUrl": rx.url("/graph"),
         "lifecycleNotificationUrl": rx.url("/lifecycle"),
-        "resource": format!("/users/{ROOM}/events"),
+        "resource": format!("/users/{room}/events"),
         "expirationDateTime": expiration(minutes),
         "clientState": "secret-client-state",
     })
@@ -331,11 +375,16 @@ fn subscription_body(rx: &Receiver, minutes: i64) -> Value {
 #[tokio::test]
 async fn the_token_endpoint_refuses_a_wrong_secret_with_invalid_client() {
     let sim = Sim::start().await;
-    let r = sim.token_with("wrong").await;
+    let r = sim.token_with("wrong", GRAPH_SCOPE).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_client");
-    let ok: Value = sim.token_with("sim-secret").await.json().await.unwrap();
+    let ok: Value = sim
+        .token_with("sim-secret", GRAPH_SCOPE)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ok["token_type"], "Bearer");
     assert!(ok["expires_in"].as_u64().unwrap() >= 1);
 }
@@ -414,8 +463,9 @@ async fn the_handshake_is_really_performed_on_both_urls_and_a_wrong_echo_fails_c
 
     let rx2 = Receiver::start().await;
     rx2.wrong_echo_on("/graph");
+    // Other rooms: the same room and change types would be a duplicate (409) instead.
     let (status, body) = sim
-        .create_subscription(&subscription_body(&rx2, 4200))
+        .create_subscription(&subscription_body_for(&rx2, "room2@sim.example", 4200))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "ValidationError");
@@ -429,17 +479,17 @@ async fn the_handshake_is_really_performed_on_both_urls_and_a_wrong_echo_fails_c
     let rx3 = Receiver::start().await;
     rx3.wrong_echo_on("/lifecycle");
     let (status, _) = sim
-        .create_subscription(&subscription_body(&rx3, 4200))
+        .create_subscription(&subscription_body_for(&rx3, "room3@sim.example", 4200))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(sim.control().graph_subscriptions().len(), 1);
 }
 
 #[tokio::test]
-async fn lifetimes_outside_45_to_10080_minutes_are_refused_and_a_duplicate_gets_409() {
+async fn a_lifetime_under_45_minutes_is_moved_up_to_45_and_one_beyond_10080_is_refused() {
     let sim = Sim::start().await;
     let rx = Receiver::start().await;
-    for minutes in [10, 43, 10_081, 20_000] {
+    for minutes in [10_081, 20_000] {
         let (status, body) = sim
             .create_subscription(&subscription_body(&rx, minutes))
             .await;
@@ -448,24 +498,96 @@ async fn lifetimes_outside_45_to_10080_minutes_are_refused_and_a_duplicate_gets_
             body["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("minutes")
+                .contains("expiration"),
+            "{body}"
         );
     }
     assert!(
         rx.received().is_empty(),
         "no handshake for a refused lifetime"
     );
-    let (status, _) = sim.create_subscription(&subscription_body(&rx, 45)).await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, body) = sim
-        .create_subscription(&subscription_body(&rx, 10_079))
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let before = Utc::now();
+    let (status, body) = sim.create_subscription(&subscription_body(&rx, 10)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let kept: DateTime<Utc> = body["expirationDateTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kept >= before + TimeDelta::minutes(45), "{kept}");
+    assert!(kept <= Utc::now() + TimeDelta::minutes(45), "{kept}");
+    // The answer shows 100 ns ticks of what the simulator holds.
+    let held = sim.control().graph_subscriptions()[0].expiration_date_time;
+    assert!(
+        (held - kept).abs() < TimeDelta::microseconds(1),
+        "{held} {kept}"
+    );
+}
+
+#[tokio::test]
+async fn renewals_follow_the_same_lifetime_rules_as_creation() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (_, created) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    let id = created["id"].as_str().unwrap();
+    let token = sim.token().await;
+    let patch = |minutes: i64| {
+        sim.http
+            .patch(sim.url(&format!("/v1.0/subscriptions/{id}")))
+            .bearer_auth(&token)
+            .json(&json!({ "expirationDateTime": expiration(minutes) }))
+            .send()
+    };
+    let r = patch(10_081).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
     assert!(
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("already exists")
+            .contains("expiration")
+    );
+    let before = Utc::now();
+    let r = patch(5).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let kept = sim.control().graph_subscriptions()[0].expiration_date_time;
+    assert!(kept >= before + TimeDelta::minutes(45), "{kept}");
+    assert!(kept <= Utc::now() + TimeDelta::minutes(45), "{kept}");
+}
+
+#[tokio::test]
+async fn a_second_subscription_to_the_same_change_types_and_room_gets_409_whatever_its_urls_and_however_the_room_is_named()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (status, first) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let first_id = first["id"].as_str().unwrap();
+    let object_id = sim.control().room_object_id(ROOM).unwrap();
+    let other = Receiver::start().await;
+    for resource in [
+        format!("users/{}/events", ROOM.to_ascii_uppercase()),
+        format!("/Users/{object_id}/Events"),
+        format!("users/{}/events", object_id.to_ascii_uppercase()),
+    ] {
+        let mut body = subscription_body(&other, 4200);
+        body["resource"] = json!(resource);
+        body["changeType"] = json!("deleted,created,updated");
+        let (status, answer) = sim.create_subscription(&body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{resource}: {answer}");
+        assert_eq!(
+            answer["error"]["message"],
+            format!("Subscription Id {first_id} already exists for the requested combination")
+        );
+    }
+    assert!(other.received().is_empty(), "no handshake for a duplicate");
+    let mut only_created = subscription_body(&other, 4200);
+    only_created["changeType"] = json!("created");
+    let (status, _) = sim.create_subscription(&only_created).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "other change types are another combination"
     );
 }
 
@@ -637,6 +759,7 @@ async fn an_injected_throttle_answers_429_with_retry_after_for_the_next_calls_on
         .inject(Fault::GraphThrottle {
             count: 2,
             retry_after_secs: 7,
+            retry_after: None,
         })
         .unwrap();
     let token = sim.token().await;
@@ -842,10 +965,9 @@ async fn an_ews_booking_yields_send_notifications_with_a_continuous_watermark_ch
 }
 
 #[tokio::test]
-async fn status_events_arrive_at_the_scaled_status_frequency() {
+async fn after_the_first_status_event_the_next_ones_arrive_at_the_scaled_status_frequency() {
     let sim = Sim::start().await;
     let rx = Receiver::start().await;
-    let started = Instant::now();
     sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
     let got = rx
         .wait_for("three status events", |r| {
@@ -857,8 +979,8 @@ async fn status_events_arrive_at_the_scaled_status_frequency() {
         .filter(|r| r.path == "/ews")
         .map(|r| r.at)
         .collect();
-    // One minute at 600x is 100 ms.
-    assert!(times[0] - started >= Duration::from_millis(95));
+    // One minute at 600x is 100 ms. The first one comes at once: see
+    // `the_first_push_of_a_subscription_is_a_status_event_continuing_from_the_subscribe_watermark`.
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(gap >= Duration::from_millis(95), "{gap:?}");
@@ -886,7 +1008,7 @@ async fn ews_push_retries_follow_the_scaled_doubling_schedule_until_beyond_statu
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let snap = &sim.control().ews_subscriptions()[0];
-    assert_eq!(snap.ended_by.as_deref(), Some("retries exhausted"));
+    assert_eq!(snap.ended_by, Some(EwsEnd::RetriesExhausted));
     let times: Vec<Instant> = rx.notifications("/ews").iter().map(|r| r.at).collect();
     // StatusFrequency 1 min: retries after 30 s and 60 s; 120 s would exceed it.
     assert_eq!(times.len(), 3);
@@ -911,7 +1033,7 @@ async fn an_unsubscribe_reply_ends_the_ews_subscription() {
     assert_eq!(rx.notifications("/ews").len(), 1);
     let snap = &sim.control().ews_subscriptions()[0];
     assert!(!snap.alive);
-    assert_eq!(snap.ended_by.as_deref(), Some("unsubscribe"));
+    assert_eq!(snap.ended_by, Some(EwsEnd::Unsubscribe));
 }
 
 #[tokio::test]
@@ -919,6 +1041,8 @@ async fn an_injected_push_failure_is_retried_and_then_delivered() {
     let sim = Sim::start().await;
     let rx = Receiver::start().await;
     sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    // The first status event is delivered before the fault is armed.
+    wait_pushes(sim.control(), 1).await;
     sim.control()
         .inject(Fault::FailPushes { count: 1 })
         .unwrap();
@@ -929,7 +1053,11 @@ async fn an_injected_push_failure_is_retried_and_then_delivered() {
         r.iter().any(|r| r.body.contains("CreatedEvent"))
     })
     .await;
-    let pushes = wait_pushes(sim.control(), 2).await;
+    let pushes: Vec<PushRecord> = wait_pushes(sim.control(), 3)
+        .await
+        .into_iter()
+        .filter(|p| p.kind == "notification")
+        .collect();
     assert_eq!(pushes[0].status, None);
     assert_eq!(pushes[1].attempt, 2);
     assert_eq!(pushes[1].status, Some(200));
@@ -960,11 +1088,35 @@ async fn subscribing_with_a_watermark_replays_later_events_and_an_unknown_one_is
     let second = sim.ews_subscribe(&rx.url("/ews"), 30, Some(&wm)).await;
     assert_eq!(second.attr("ResponseClass"), Some("Success"));
     let got = rx
-        .wait_for("the replay", |r| r.iter().any(|r| r.path == "/ews"))
+        .wait_for("the replay", |r| {
+            r.iter()
+                .any(|r| r.path == "/ews" && r.body.contains("CreatedEvent"))
+        })
         .await;
-    let n = notification_of(&got.iter().find(|r| r.path == "/ews").unwrap().body);
-    assert_eq!(n.previous_watermark.as_deref(), Some(wm.as_str()));
-    assert_eq!(n.events[0].kind, EventKind::Created);
+    let pushed: Vec<_> = got
+        .iter()
+        .filter(|r| r.path == "/ews")
+        .map(|r| notification_of(&r.body))
+        .collect();
+    // The status event that opens every subscription continues from the watermark given,
+    // and the replay continues from it.
+    assert_eq!(pushed[0].previous_watermark.as_deref(), Some(wm.as_str()));
+    assert_eq!(pushed[0].events[0].kind, EventKind::Status);
+    assert_eq!(
+        pushed[1].previous_watermark,
+        pushed[0].events[0].watermark.clone()
+    );
+    assert_eq!(pushed[1].events[0].kind, EventKind::Created);
+    let snapshot = sim
+        .control()
+        .ews_subscriptions()
+        .into_iter()
+        .find(|s| s.url.ends_with("/ews"))
+        .unwrap();
+    assert_eq!(
+        snapshot.subscribed_with_watermark.as_deref(),
+        Some(wm.as_str())
+    );
 }
 
 // ---- EWS reads ---------------------------------------------------------------------
@@ -1333,7 +1485,7 @@ async fn tokens_expire_after_their_scaled_lifetime() {
             ("grant_type", "client_credentials"),
             ("client_id", "sim-client"),
             ("client_secret", "sim-secret"),
-            ("scope", "https://outlook.office365.com/.default"),
+            ("scope", GRAPH_SCOPE),
         ])
         .send()
         .await
@@ -1349,6 +1501,14 @@ async fn tokens_expire_after_their_scaled_lifetime() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     let stale = http.get(&url).bearer_auth(token).send().await.unwrap();
     assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = stale.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
 }
 
 #[tokio::test]
@@ -1434,4 +1594,715 @@ async fn run_serves_with_busy_office_mode_until_cancelled() {
         .await
         .unwrap()
         .unwrap();
+}
+
+// ---- strictness: tokens, impersonation, identities -----------------------------------
+
+const GET_ITEM_X: &str = r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="x"/></m:ItemIds></m:GetItem>"#;
+
+/// `Basic` credentials of the simulator's EWS service account.
+fn basic_service_account() -> String {
+    // "sim-ews@sim.example:sim-ews-password"
+    "Basic c2ltLWV3c0BzaW0uZXhhbXBsZTpzaW0tZXdzLXBhc3N3b3Jk".to_owned()
+}
+
+fn find_calendar(mailbox: Option<&str>) -> String {
+    let mailbox = mailbox.map_or_else(String::new, |m| {
+        format!("<t:Mailbox><t:EmailAddress>{m}</t:EmailAddress></t:Mailbox>")
+    });
+    format!(
+        r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:CalendarView StartDate="2026-03-01T00:00:00Z" EndDate="2026-04-01T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar">{mailbox}</t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"#
+    )
+}
+
+fn subscribe_op(mailbox: Option<&str>, url: &str) -> String {
+    let mailbox = mailbox.map_or_else(String::new, |m| {
+        format!("<t:Mailbox><t:EmailAddress>{m}</t:EmailAddress></t:Mailbox>")
+    });
+    format!(
+        r#"<m:Subscribe><m:PushSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="calendar">{mailbox}</t:DistinguishedFolderId></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType></t:EventTypes><t:StatusFrequency>30</t:StatusFrequency><t:URL>{url}</t:URL></m:PushSubscriptionRequest></m:Subscribe>"#
+    )
+}
+
+fn response_code(body: &Node, op: &str) -> String {
+    response_message(body, op)
+        .child("ResponseCode")
+        .unwrap()
+        .text
+        .clone()
+}
+
+fn fault_code(body: &Node) -> String {
+    body.find("Fault")
+        .unwrap()
+        .child("faultcode")
+        .unwrap()
+        .text
+        .clone()
+}
+
+#[tokio::test]
+async fn a_graph_token_is_refused_by_ews_and_an_exchange_token_by_graph() {
+    let sim = Sim::start().await;
+    let exchange = sim.token_for(EWS_SCOPE).await;
+    let r = sim
+        .http
+        .get(sim.url("/v1.0/subscriptions"))
+        .bearer_auth(&exchange)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid audience")
+    );
+
+    let graph = sim.token().await;
+    let r = sim
+        .http
+        .post(sim.url("/EWS/Exchange.asmx"))
+        .bearer_auth(&graph)
+        .header("X-AnchorMailbox", ROOM)
+        .body("<x/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let diagnostics = r.headers()["x-ms-diagnostics"].to_str().unwrap();
+    assert!(diagnostics.contains("audience"), "{diagnostics}");
+    assert!(
+        diagnostics.contains("https://graph.microsoft.com"),
+        "{diagnostics}"
+    );
+
+    // Each token works where it belongs; Basic with the service account works for EWS.
+    let (status, _) = sim.graph_get(&sim.url("/v1.0/subscriptions"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = sim.ews(ROOM, GET_ITEM_X).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response_code(&body, "GetItem"), "ErrorItemNotFound");
+    let (status, _) = sim
+        .ews_as(&basic_service_account(), Some(ROOM), None, GET_ITEM_X)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_app_only_ews_call_without_impersonation_gets_the_impersonation_header_fault() {
+    let sim = Sim::start().await;
+    let bearer = format!("Bearer {}", sim.token_for(EWS_SCOPE).await);
+    let (status, body) = sim.ews_as(&bearer, None, Some(ROOM), GET_ITEM_X).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        fault_code(&body),
+        "a:ErrorInvalidExchangeImpersonationHeaderData"
+    );
+    assert_eq!(
+        body.find("faultstring").unwrap().text,
+        "ExchangeImpersonation SOAP header must be present for this type of OAuth token."
+    );
+    // Naming the room in the folder does not stand in for impersonation.
+    let (status, body) = sim
+        .ews_as(&bearer, None, Some(ROOM), &find_calendar(Some(ROOM)))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        fault_code(&body),
+        "a:ErrorInvalidExchangeImpersonationHeaderData"
+    );
+}
+
+#[tokio::test]
+async fn an_app_only_ews_call_must_anchor_on_the_impersonated_mailbox_in_any_case() {
+    let sim = Sim::start().await;
+    let bearer = format!("Bearer {}", sim.token_for(EWS_SCOPE).await);
+    for anchor in [None, Some("room2@sim.example")] {
+        let (status, body) = sim.ews_as(&bearer, Some(ROOM), anchor, GET_ITEM_X).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{anchor:?}");
+        assert_eq!(fault_code(&body), "a:ErrorInternalServerError");
+    }
+    let (status, body) = sim
+        .ews_as(&bearer, Some(ROOM), Some("Room1@SIM.example"), GET_ITEM_X)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response_code(&body, "GetItem"), "ErrorItemNotFound");
+    // Impersonating an address that has no mailbox fails whatever the anchor.
+    let (status, body) = sim
+        .ews_as(
+            &bearer,
+            Some("nobody@sim.example"),
+            Some("nobody@sim.example"),
+            GET_ITEM_X,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(fault_code(&body), "a:ErrorNonExistentMailbox");
+}
+
+#[tokio::test]
+async fn naming_the_room_only_in_the_folder_mailbox_is_delegate_access_which_subscribe_refuses() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let url = rx.url("/ews");
+    // The service account without impersonation, naming the room: delegate access.
+    let (status, body) = sim
+        .ews_as(
+            &basic_service_account(),
+            None,
+            Some(ROOM),
+            &subscribe_op(Some(ROOM), &url),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let message = response_message(&body, "Subscribe");
+    assert_eq!(message.attr("ResponseClass"), Some("Error"));
+    assert_eq!(
+        response_code(&body, "Subscribe"),
+        "ErrorSubscriptionDelegateAccessNotSupported"
+    );
+    assert_eq!(
+        message.child("MessageText").unwrap().text,
+        "Subscriptions are not supported for delegate user access."
+    );
+    // Impersonating one room while naming another is delegate access too.
+    let bearer = format!("Bearer {}", sim.token_for(EWS_SCOPE).await);
+    let (_, body) = sim
+        .ews_as(
+            &bearer,
+            Some("room2@sim.example"),
+            Some("room2@sim.example"),
+            &subscribe_op(Some(ROOM), &url),
+        )
+        .await;
+    assert_eq!(
+        response_code(&body, "Subscribe"),
+        "ErrorSubscriptionDelegateAccessNotSupported"
+    );
+    assert!(sim.control().ews_subscriptions().is_empty());
+    // Impersonating the room it names is not.
+    let (_, body) = sim
+        .ews_as(
+            &bearer,
+            Some(ROOM),
+            Some(ROOM),
+            &subscribe_op(Some(ROOM), &url),
+        )
+        .await;
+    assert_eq!(response_code(&body, "Subscribe"), "NoError");
+}
+
+#[tokio::test]
+async fn basic_auth_reaches_a_room_only_by_impersonating_it() {
+    let sim = Sim::start().await;
+    sim.control()
+        .create_meeting(ROOM, meeting("Visible", 2, 10))
+        .unwrap();
+    let basic = basic_service_account();
+    let (_, body) = sim.ews_as(&basic, None, None, &find_calendar(None)).await;
+    assert_eq!(response_code(&body, "FindItem"), "ErrorMissingEmailAddress");
+    let (_, body) = sim
+        .ews_as(&basic, None, None, &find_calendar(Some(ROOM)))
+        .await;
+    assert_eq!(response_code(&body, "FindItem"), "ErrorFolderNotFound");
+    // On-premises style: impersonation without an anchor is enough.
+    let (status, body) = sim
+        .ews_as(&basic, Some(ROOM), None, &find_calendar(None))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response_code(&body, "FindItem"), "NoError");
+    assert_eq!(
+        response_message(&body, "FindItem")
+            .find("RootFolder")
+            .unwrap()
+            .attr("TotalItemsInView"),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn get_item_finds_only_the_items_of_the_impersonated_room() {
+    let sim = Sim::start().await;
+    let theirs = sim
+        .control()
+        .create_meeting("room2@sim.example", meeting("Elsewhere", 2, 10))
+        .unwrap();
+    let mine = sim
+        .control()
+        .create_meeting(ROOM, meeting("Here", 2, 11))
+        .unwrap();
+    let op = format!(
+        r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{theirs}"/><t:ItemId Id="{mine}"/></m:ItemIds></m:GetItem>"#
+    );
+    let (_, body) = sim.ews(ROOM, &op).await;
+    let codes: Vec<String> = body
+        .find("ResponseMessages")
+        .unwrap()
+        .children_named("GetItemResponseMessage")
+        .map(|m| m.child("ResponseCode").unwrap().text.clone())
+        .collect();
+    assert_eq!(codes, ["ErrorItemNotFound", "NoError"]);
+    let (_, body) = sim.ews("room2@sim.example", &op).await;
+    let codes: Vec<String> = body
+        .find("ResponseMessages")
+        .unwrap()
+        .children_named("GetItemResponseMessage")
+        .map(|m| m.child("ResponseCode").unwrap().text.clone())
+        .collect();
+    assert_eq!(codes, ["NoError", "ErrorItemNotFound"]);
+}
+
+#[tokio::test]
+async fn the_first_push_of_a_subscription_is_a_status_event_continuing_from_the_subscribe_watermark()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let started = Instant::now();
+    // StatusFrequency 30 min is 3 s here: a push within it is the first notification.
+    let msg = sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let watermark = msg.child("Watermark").unwrap().text.clone();
+    let sub_id = msg.child("SubscriptionId").unwrap().text.clone();
+    let got = rx
+        .wait_for("the first notification", |r| {
+            r.iter().any(|r| r.path == "/ews")
+        })
+        .await;
+    let first = got.iter().find(|r| r.path == "/ews").unwrap();
+    assert!(first.at - started < Duration::from_secs(1));
+    let n = notification_of(&first.body);
+    assert_eq!(n.subscription_id, sub_id);
+    assert_eq!(n.previous_watermark.as_deref(), Some(watermark.as_str()));
+    assert_eq!(n.events.len(), 1);
+    assert_eq!(n.events[0].kind, EventKind::Status);
+    assert_ne!(n.events[0].watermark.as_deref(), Some(watermark.as_str()));
+}
+
+#[tokio::test]
+async fn lifecycle_events_go_only_to_the_lifecycle_url_and_a_subscription_without_one_gets_none() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let mut without = subscription_body(&rx, 4200);
+    without
+        .as_object_mut()
+        .unwrap()
+        .remove("lifecycleNotificationUrl");
+    let (status, bare) = sim.create_subscription(&without).await;
+    assert_eq!(status, StatusCode::CREATED, "{bare}");
+    let (_, with) = sim
+        .create_subscription(&subscription_body_for(&rx, "room2@sim.example", 4200))
+        .await;
+    for lifecycle in [
+        LifecycleKind::Missed,
+        LifecycleKind::ReauthorizationRequired,
+    ] {
+        for sub in [&bare, &with] {
+            sim.control()
+                .inject(Fault::LifecycleEvent {
+                    subscription_id: sub["id"].as_str().unwrap().to_owned(),
+                    lifecycle,
+                })
+                .unwrap();
+        }
+    }
+    rx.wait_for("two lifecycle notifications", |r| {
+        r.iter()
+            .filter(|r| r.path == "/lifecycle" && r.query.is_empty())
+            .count()
+            == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        rx.notifications("/graph").is_empty(),
+        "never to notificationUrl"
+    );
+    for r in rx.notifications("/lifecycle") {
+        let parsed = parse_notification_collection(r.body.as_bytes()).unwrap();
+        assert_eq!(parsed[0].subscription_id, with["id"].as_str().unwrap());
+    }
+    // subscriptionRemoved without a lifecycle URL still removes it, silently.
+    sim.control()
+        .inject(Fault::LifecycleEvent {
+            subscription_id: bare["id"].as_str().unwrap().to_owned(),
+            lifecycle: LifecycleKind::SubscriptionRemoved,
+        })
+        .unwrap();
+    assert_eq!(sim.control().graph_subscriptions().len(), 1);
+}
+
+#[tokio::test]
+async fn rooms_have_stable_object_ids_that_graph_accepts_wherever_it_takes_a_user_and_notifies_with()
+ {
+    let sim = Sim::start().await;
+    let object_id = sim.control().room_object_id(ROOM).unwrap();
+    assert_eq!(object_id.len(), 36);
+    let again = Sim::start().await;
+    assert_eq!(again.control().room_object_id(ROOM).unwrap(), object_id);
+    assert_ne!(
+        sim.control().room_object_id("room2@sim.example").unwrap(),
+        object_id
+    );
+    for name in [ROOM.to_owned(), object_id.clone()] {
+        let (status, user) = sim
+            .graph_get(&sim.url(&format!("/v1.0/users/{name}")), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{user}");
+        assert_eq!(user["id"], object_id.as_str());
+        assert_eq!(user["userPrincipalName"], ROOM);
+        assert_eq!(user["mail"], ROOM);
+        assert!(user["displayName"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let (status, body) = sim
+        .graph_get(&sim.url("/v1.0/users/nobody@sim.example"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "Request_ResourceNotFound");
+
+    let rx = Receiver::start().await;
+    let mut body = subscription_body(&rx, 4200);
+    body["resource"] = json!(format!("/users/{object_id}/events"));
+    let (status, created) = sim.create_subscription(&body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(sim.control().graph_subscriptions()[0].room, ROOM);
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("By id", 2, 10))
+        .unwrap();
+    let (status, event) = sim
+        .graph_get(
+            &sim.url(&format!("/v1.0/users/{object_id}/events/{id}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(event["subject"], "By id");
+    let (status, view) = sim
+        .graph_get(
+            &sim.url(&format!(
+                "/v1.0/users/{}/calendarView?{}",
+                object_id.to_ascii_uppercase(),
+                window_query()
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["value"][0]["id"], id.as_str());
+    let got = rx
+        .wait_for("the notification", |r| {
+            r.iter().any(|r| r.path == "/graph" && r.query.is_empty())
+        })
+        .await;
+    let push: Value = serde_json::from_str(
+        &got.iter()
+            .find(|r| r.path == "/graph" && r.query.is_empty())
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let expected = format!("Users/{object_id}/Events/{id}");
+    assert_eq!(push["value"][0]["resource"], expected.as_str());
+    assert_eq!(
+        push["value"][0]["resourceData"]["@odata.id"],
+        expected.as_str()
+    );
+}
+
+#[tokio::test]
+async fn request_records_show_prefer_anchor_mailbox_auth_scheme_and_token_resource_but_no_credential()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let graph = sim.token().await;
+    let r = sim
+        .http
+        .post(sim.url("/v1.0/subscriptions"))
+        .bearer_auth(&graph)
+        .header("Prefer", r#"IdType="ImmutableId""#)
+        .json(&subscription_body(&rx, 4200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(sim.control().graph_subscriptions()[0].prefer_immutable_id);
+    sim.ews(ROOM, GET_ITEM_X).await;
+    sim.ews_as(&basic_service_account(), Some(ROOM), None, GET_ITEM_X)
+        .await;
+    sim.http
+        .get(sim.url("/v1.0/subscriptions"))
+        .send()
+        .await
+        .unwrap();
+    let records = sim.control().requests();
+    let graph_create = records
+        .iter()
+        .find(|r| r.path == "/v1.0/subscriptions" && r.method == "POST")
+        .unwrap();
+    assert_eq!(
+        graph_create.prefer.as_deref(),
+        Some(r#"IdType="ImmutableId""#)
+    );
+    assert_eq!(graph_create.auth_scheme, AuthScheme::Bearer);
+    assert_eq!(graph_create.token_resource, Some(TokenResource::Graph));
+    let ews: Vec<&RequestRecord> = records
+        .iter()
+        .filter(|r| r.path == "/EWS/Exchange.asmx")
+        .collect();
+    assert_eq!(ews[0].anchor_mailbox.as_deref(), Some(ROOM));
+    assert_eq!(ews[0].auth_scheme, AuthScheme::Bearer);
+    assert_eq!(ews[0].token_resource, Some(TokenResource::Ews));
+    assert_eq!(ews[1].anchor_mailbox, None);
+    assert_eq!(ews[1].auth_scheme, AuthScheme::Basic);
+    assert_eq!(ews[1].token_resource, None);
+    let anonymous = records.last().unwrap();
+    assert_eq!(anonymous.auth_scheme, AuthScheme::None);
+    assert_eq!(anonymous.status, 401);
+    let json = serde_json::to_string(&records).unwrap();
+    assert!(!json.contains(&graph), "the token itself is never recorded");
+    assert!(!json.contains("c2ltLWV3c0Bz"), "nor Basic credentials");
+    assert!(json.contains(r#""authScheme":"bearer""#), "{json}");
+    assert!(json.contains(r#""tokenResource":"ews""#), "{json}");
+}
+
+// ---- fault knobs ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_forgotten_graph_subscription_vanishes_without_a_lifecycle_notification_and_then_answers_404()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (_, sub) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let before = rx.received().len();
+    sim.control()
+        .inject(Fault::ForgetGraphSubscription {
+            subscription_id: id.clone(),
+        })
+        .unwrap();
+    assert!(sim.control().graph_subscriptions().is_empty());
+    let token = sim.token().await;
+    let r = sim
+        .http
+        .patch(sim.url(&format!("/v1.0/subscriptions/{id}")))
+        .bearer_auth(&token)
+        .json(&json!({ "expirationDateTime": expiration(4000) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ResourceNotFound");
+    assert_eq!(body["error"]["message"], "The object was not found.");
+    let (status, _) = sim
+        .graph_get(&sim.url(&format!("/v1.0/subscriptions/{id}")), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    sim.control()
+        .create_meeting(ROOM, meeting("Unheard", 2, 10))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rx.received().len(), before, "no lifecycle, no notification");
+    assert!(matches!(
+        sim.control().inject(Fault::ForgetGraphSubscription {
+            subscription_id: id
+        }),
+        Err(SimError::UnknownSubscription(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_injected_validation_failure_fails_create_and_renew_even_when_the_callback_echoes_correctly()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let r = sim
+        .http
+        .post(sim.url("/_sim/faults"))
+        .json(&json!({ "kind": "failValidation", "count": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (status, body) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "ValidationError");
+    assert_eq!(
+        body["error"]["message"],
+        "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request."
+    );
+    assert_eq!(rx.received().len(), 1, "the handshake really happened");
+    assert!(sim.control().graph_subscriptions().is_empty());
+    let (status, sub) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    sim.control()
+        .inject(Fault::FailValidation { count: 1 })
+        .unwrap();
+    let token = sim.token().await;
+    let before = sim.control().graph_subscriptions()[0].expiration_date_time;
+    let r = sim
+        .http
+        .patch(sim.url(&format!(
+            "/v1.0/subscriptions/{}",
+            sub["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&token)
+        .json(&json!({ "expirationDateTime": expiration(8000) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        sim.control().graph_subscriptions()[0].expiration_date_time,
+        before,
+        "a failed renewal changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_ews_subscription_sends_nothing_more() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let msg = sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    let id = msg.child("SubscriptionId").unwrap().text.clone();
+    wait_pushes(sim.control(), 1).await;
+    sim.control()
+        .inject(Fault::DropEwsSubscription {
+            subscription_id: id.clone(),
+        })
+        .unwrap();
+    let before = rx.notifications("/ews").len();
+    sim.control()
+        .create_meeting(ROOM, meeting("Lost", 2, 10))
+        .unwrap();
+    // Three status periods pass without a word.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(rx.notifications("/ews").len(), before);
+    let snap = &sim.control().ews_subscriptions()[0];
+    assert!(!snap.alive);
+    assert_eq!(snap.ended_by, Some(EwsEnd::Dropped));
+    assert!(
+        sim.control()
+            .inject(Fault::DropEwsSubscription {
+                subscription_id: id
+            })
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn read_events_failed_pushes_an_error_message_that_the_project_parser_reads_and_ends_the_subscription()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let msg = sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    let id = msg.child("SubscriptionId").unwrap().text.clone();
+    wait_pushes(sim.control(), 1).await;
+    let r = sim
+        .http
+        .post(sim.url("/_sim/faults"))
+        .json(&json!({ "kind": "ewsReadEventsFailed", "subscriptionId": id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let got = rx
+        .wait_for("the error message", |r| {
+            r.iter().any(|r| r.body.contains("ErrorReadEventsFailed"))
+        })
+        .await;
+    let body = &got
+        .iter()
+        .find(|r| r.body.contains("ErrorReadEventsFailed"))
+        .unwrap()
+        .body;
+    assert!(
+        !body.contains("<m:Notification>"),
+        "no Notification element"
+    );
+    let parsed = parse_send_notification(body.as_bytes()).unwrap();
+    match &parsed.messages[0] {
+        NotificationMessage::Error(e) => {
+            assert_eq!(e.response_code, "ErrorReadEventsFailed");
+            assert_eq!(e.subscription_id.as_deref(), Some(id.as_str()));
+        }
+        NotificationMessage::Notification(n) => panic!("{n:?}"),
+    }
+    let snap = &sim.control().ews_subscriptions()[0];
+    assert!(!snap.alive);
+    assert_eq!(snap.ended_by, Some(EwsEnd::ReadEventsFailed));
+    let count = rx.notifications("/ews").len();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(rx.notifications("/ews").len(), count, "nothing after it");
+}
+
+#[tokio::test]
+async fn expired_watermarks_are_refused_by_subscribe_and_create_no_subscription() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let first = sim.ews_subscribe(&rx.url("/a"), 30, None).await;
+    let old = first.child("Watermark").unwrap().text.clone();
+    sim.control().inject(Fault::ExpireEwsWatermarks).unwrap();
+    let refused = sim.ews_subscribe(&rx.url("/b"), 30, Some(&old)).await;
+    assert_eq!(refused.attr("ResponseClass"), Some("Error"));
+    assert_eq!(
+        refused.child("ResponseCode").unwrap().text,
+        "ErrorInvalidWatermark"
+    );
+    assert_eq!(sim.control().ews_subscriptions().len(), 1);
+    // A watermark issued after the fault works.
+    let fresh = sim.ews_subscribe(&rx.url("/c"), 30, None).await;
+    let new = fresh.child("Watermark").unwrap().text.clone();
+    let again = sim.ews_subscribe(&rx.url("/d"), 30, Some(&new)).await;
+    assert_eq!(again.attr("ResponseClass"), Some("Success"));
+}
+
+#[tokio::test]
+async fn an_injected_throttle_can_send_a_fractional_or_http_date_retry_after() {
+    let sim = Sim::start().await;
+    let token = sim.token().await;
+    let r = sim
+        .http
+        .post(sim.url("/_sim/faults"))
+        .json(&json!({ "kind": "graphThrottle", "count": 1, "retryAfter": "1.5" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = sim
+        .http
+        .get(sim.url("/v1.0/subscriptions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1.5");
+    let date = "Wed, 21 Oct 2026 07:28:00 GMT";
+    sim.control()
+        .inject(Fault::GraphThrottle {
+            count: 1,
+            retry_after_secs: 0,
+            retry_after: Some(date.to_owned()),
+        })
+        .unwrap();
+    let r = sim
+        .http
+        .get(sim.url("/v1.0/subscriptions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], date);
+    assert!(matches!(
+        sim.control().inject(Fault::GraphThrottle {
+            count: 1,
+            retry_after_secs: 0,
+            retry_after: Some("bad\nvalue".to_owned()),
+        }),
+        Err(SimError::InvalidFault(_))
+    ));
 }
