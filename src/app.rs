@@ -17,6 +17,7 @@ use crate::db;
 use crate::http::{self, AppState, server};
 use crate::ingest::{IngestOptions, Ingestor};
 use crate::metrics::Metrics;
+use crate::worker::{self, WorkerOptions};
 
 /// A built, bound, not yet running service.
 #[derive(Debug)]
@@ -26,6 +27,7 @@ pub struct Application {
     metrics: Arc<Metrics>,
     public: Option<TcpListener>,
     admin: TcpListener,
+    worker: WorkerOptions,
 }
 
 impl Application {
@@ -69,7 +71,15 @@ impl Application {
             metrics: Arc::new(Metrics::new()),
             public,
             admin,
+            worker: WorkerOptions::default(),
         })
+    }
+
+    /// Replaces the worker's internal timing (tests and the demo run Exchange time faster).
+    #[must_use]
+    pub fn with_worker_options(mut self, options: WorkerOptions) -> Self {
+        self.worker = options;
+        self
     }
 
     /// The bound public address (`None` when the `web` role is off).
@@ -140,7 +150,28 @@ impl Application {
             shutdown.clone(),
         ));
         listeners.close();
+
+        let worker_stop = CancellationToken::new();
+        let worker = settings.roles.worker.then(|| {
+            tokio::spawn(worker::run(
+                self.pool.clone(),
+                Arc::clone(&settings),
+                Arc::clone(&self.metrics),
+                self.worker.clone(),
+                worker_stop.clone(),
+            ))
+        });
         listeners.wait().await;
+        // The listeners have drained; the worker stops next (its own drain is bounded), and
+        // ingest last, so everything accepted is committed.
+        worker_stop.cancel();
+        if let Some(worker) = worker {
+            match worker.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "the worker failed"),
+                Err(error) => tracing::error!(%error, "the worker panicked"),
+            }
+        }
         ingest_stop.cancel();
         ingest_tasks.wait().await;
         self.pool.close().await;

@@ -3,7 +3,10 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -21,6 +24,22 @@ pub struct EventLabels {
     pub kind: String,
 }
 
+/// Labels of the mailbox coverage gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CoverageLabels {
+    pub backend: &'static str,
+    pub coverage: &'static str,
+}
+
+/// Labels of an upkeep pass.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpkeepLabels {
+    pub backend: &'static str,
+    /// `keep`, `subscribe`, `renew`, `recreate`, `end`, or `failed`.
+    pub action: &'static str,
+    pub outcome: &'static str,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -32,6 +51,14 @@ pub struct Metrics {
     pub ingest_batch_deliveries: Histogram,
     /// Time of one ingest transaction, lookup included.
     pub ingest_commit_duration: Histogram,
+    /// Mailboxes by backend and coverage (covered, uncovered, disabled).
+    pub mailboxes: Family<CoverageLabels, Gauge>,
+    /// Seconds until the soonest expiry of an active Graph subscription (NaN: none).
+    pub soonest_expiry_seconds: Gauge<f64, AtomicU64>,
+    /// Seconds since the last notification of the most silent active subscription.
+    pub worst_notification_age_seconds: Gauge<f64, AtomicU64>,
+    /// Subscription upkeep passes by backend, action and outcome.
+    pub upkeep_passes: Family<UpkeepLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,8 +110,36 @@ impl Metrics {
             "Time to store and commit one ingest batch",
             ingest_commit_duration.clone(),
         );
+        let mailboxes = Family::<CoverageLabels, Gauge>::default();
+        registry.register(
+            "mailboxes",
+            "Configured mailboxes by backend and subscription coverage",
+            mailboxes.clone(),
+        );
+        let soonest_expiry_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "subscription_soonest_expiry_seconds",
+            "Seconds until the soonest expiry of an active Graph subscription",
+            soonest_expiry_seconds.clone(),
+        );
+        let worst_notification_age_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "subscription_worst_notification_age_seconds",
+            "Seconds since the last notification of the most silent active subscription",
+            worst_notification_age_seconds.clone(),
+        );
+        let upkeep_passes = Family::<UpkeepLabels, Counter>::default();
+        registry.register(
+            "upkeep_passes",
+            "Subscription upkeep passes by backend, action and outcome",
+            upkeep_passes.clone(),
+        );
         Self {
             registry,
+            mailboxes,
+            soonest_expiry_seconds,
+            worst_notification_age_seconds,
+            upkeep_passes,
             http_requests,
             http_request_duration,
             events_received,

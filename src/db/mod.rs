@@ -2,6 +2,7 @@
 //! service lives in this module, grouped by table in its submodules.
 
 pub mod events;
+pub mod jobs;
 pub mod mailboxes;
 pub mod subscriptions;
 

@@ -9,7 +9,6 @@
 //! binaries are installed, a throwaway cluster that is removed on exit.
 
 pub mod pgtemp;
-mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
@@ -26,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Application;
 use crate::config::{self, Settings};
 use crate::db;
+use crate::domain::Coverage;
 use crate::simulator::busy::{BusyChange, busy_step};
 use crate::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use crate::worker::WorkerOptions;
 
 /// The demo's own database on the configured server: never the service's real one.
 const DEMO_DATABASE: &str = "rooms_sync_demo";
@@ -109,14 +110,22 @@ async fn run_with(
 ) -> anyhow::Result<()> {
     let app = Application::build(settings.clone())
         .await
-        .context("starting the service")?;
+        .context("starting the service")?
+        .with_worker_options(WorkerOptions {
+            // The simulator runs a minute of Exchange time per second (see `run`).
+            minute: Duration::from_secs(1),
+            tick: Duration::from_millis(250),
+            ..WorkerOptions::default()
+        });
     let service_url = app
         .public_addr()
         .map_or_else(String::new, |a| format!("http://{a}"));
     let app_stop = CancellationToken::new();
     let service = tokio::spawn(app.run(app_stop.clone()));
     let pool = db::pool(&settings.database)?;
-    let subscribed = subscribe::subscribe_all(settings, &pool).await;
+    // The service's own subscription upkeep subscribes the rooms; bookings start once every
+    // room is covered.
+    let subscribed = wait_for_coverage(&pool, rooms.len(), shutdown).await;
 
     let tracked: Arc<Mutex<VecDeque<Tracked>>> = Arc::default();
     let result = match subscribed {
@@ -144,6 +153,33 @@ async fn run_with(
     let _ = service.await;
     pool.close().await;
     result
+}
+
+/// Waits until `rooms` mailboxes are covered by a working subscription.
+async fn wait_for_coverage(
+    pool: &PgPool,
+    rooms: usize,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = db::mailboxes::coverage_counts(pool).await?;
+        let covered: i64 = counts
+            .iter()
+            .filter(|c| c.coverage == Coverage::Covered)
+            .map(|c| c.mailboxes)
+            .sum();
+        if usize::try_from(covered).unwrap_or(0) >= rooms {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("only {covered} of {rooms} rooms were subscribed within a minute");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => bail!("stopped before the rooms were subscribed"),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
 }
 
 /// The settings of the demo's service: the operator's configuration for the database, the

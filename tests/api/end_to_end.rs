@@ -64,18 +64,22 @@ async fn pending_subscription(
     secret: Option<&str>,
     url: &str,
 ) -> i64 {
-    let mailbox = db::mailboxes::upsert(pool, ROOM, backend).await.unwrap();
+    let mailbox = db::mailboxes::upsert(pool, ROOM, backend.parse().unwrap())
+        .await
+        .unwrap();
     db::subscriptions::insert(
         pool,
         &NewSubscription {
             mailbox_id: mailbox,
-            backend,
+            backend: backend.parse().unwrap(),
             remote_id: None,
-            status: "pending",
+            status: rooms_sync::domain::SubscriptionState::Pending,
             client_state: secret,
             callback_url: url,
             expires_at: None,
             last_watermark: None,
+            resource: None,
+            status_frequency_minutes: None,
         },
     )
     .await
@@ -129,9 +133,19 @@ async fn a_graph_booking_in_the_simulator_lands_in_notification_events(pool: PgP
     assert_eq!(created.status(), 201);
     let created: Value = created.json().await.unwrap();
     let remote = created["id"].as_str().unwrap();
-    db::subscriptions::activate(&pool, sub, remote, None, None)
-        .await
-        .unwrap();
+    db::subscriptions::activate(
+        &pool,
+        sub,
+        &db::subscriptions::Activation {
+            remote_id: remote,
+            expires_at: None,
+            renew_at: None,
+            subscribe_watermark: None,
+        },
+        None,
+    )
+    .await
+    .unwrap();
 
     let item = sim
         .control()
@@ -197,9 +211,19 @@ async fn an_ews_booking_in_the_simulator_lands_with_an_unbroken_watermark_chain(
         .unwrap();
     assert_eq!(response.status(), 200);
     let remote = sim.control().ews_subscriptions()[0].id.clone();
-    db::subscriptions::activate(&pool, sub, &remote, None, None)
-        .await
-        .unwrap();
+    db::subscriptions::activate(
+        &pool,
+        sub,
+        &db::subscriptions::Activation {
+            remote_id: &remote,
+            expires_at: None,
+            renew_at: None,
+            subscribe_watermark: None,
+        },
+        None,
+    )
+    .await
+    .unwrap();
 
     let item = sim
         .control()

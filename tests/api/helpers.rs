@@ -28,6 +28,8 @@ pub(crate) fn test_settings(extra: &[(&str, &str)]) -> Settings {
         ("AdminListenAddress".into(), "127.0.0.1:0".into()),
         ("ShutdownDrainSeconds".into(), "2".into()),
     ];
+    // A key given in `extra` replaces the default above.
+    env.retain(|(k, _)| !extra.iter().any(|(e, _)| e.eq_ignore_ascii_case(k)));
     env.extend(
         extra
             .iter()

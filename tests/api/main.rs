@@ -14,4 +14,5 @@ mod demo;
 mod end_to_end;
 mod health;
 mod helpers;
+mod upkeep;
 mod webhook;
