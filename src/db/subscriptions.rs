@@ -138,23 +138,6 @@ pub async fn insert(
     .await
 }
 
-/// Sets a subscription's status (e.g. `superseded` once its replacement is active).
-///
-/// # Errors
-/// Database errors.
-pub async fn set_status(
-    executor: impl PgExecutor<'_>,
-    id: i64,
-    status: SubscriptionState,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("update subscriptions set status = $2, updated_at = now() where id = $1")
-        .bind(id)
-        .bind(status)
-        .execute(executor)
-        .await?;
-    Ok(())
-}
-
 /// The subscription a mailbox's upkeep works from: the active one, with everything ingress and
 /// earlier upkeep passes recorded on it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

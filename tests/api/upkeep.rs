@@ -187,9 +187,9 @@ async fn resync_reason(pool: &PgPool, address: &str) -> Option<String> {
         .unwrap()
 }
 
-/// Waits for the upkeep passes under way to finish, then moves every mailbox's next upkeep to
-/// now, as if its scheduled time had come.
-async fn due_now(pool: &PgPool) {
+/// Waits for the upkeep passes under way to finish (a pass records its outcome, resync
+/// requests included, after it has activated a new subscription).
+async fn settled(pool: &PgPool) {
     eventually(Duration::from_secs(5), "no mailbox leased", || async {
         sqlx::query_scalar::<_, i64>(
             "select count(*) from mailboxes where upkeep_locked_until > now()",
@@ -200,6 +200,12 @@ async fn due_now(pool: &PgPool) {
             == 0
     })
     .await;
+}
+
+/// Once the passes under way are finished, moves every mailbox's next upkeep to now, as if
+/// its scheduled time had come.
+async fn due_now(pool: &PgPool) {
+    settled(pool).await;
     sqlx::query("update mailboxes set upkeep_due_at = now()")
         .execute(pool)
         .await
@@ -212,6 +218,23 @@ async fn resynced(pool: &PgPool) {
         .execute(pool)
         .await
         .unwrap();
+}
+
+/// Waits until `room`'s active subscription is another one than `old`; returns its remote id.
+async fn replaced(pool: &PgPool, room: &str, old: &str, what: &str) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(id) = active(pool, room).await.and_then(|s| s.remote_id)
+            && id != old
+        {
+            return id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not within 10s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until both rooms are covered; returns their active subscriptions' remote ids.
@@ -375,6 +398,7 @@ async fn a_graph_subscription_is_renewed_when_its_renewal_time_comes(pool: PgPoo
         .filter(|r| r.method == "PATCH" && r.path.starts_with("/v1.0/subscriptions/"))
         .count();
     assert_eq!(renewals, 1);
+    settled(&pool).await;
     let stored: DateTime<Utc> =
         sqlx::query_scalar("select expires_at from subscriptions where status = 'active'")
             .fetch_one(&pool)
@@ -446,22 +470,18 @@ async fn graph_lifecycle_events_and_errors_each_end_in_a_working_subscription(po
             lifecycle: LifecycleKind::SubscriptionRemoved,
         })
         .unwrap();
-    eventually(
-        Duration::from_secs(10),
+    let second = replaced(
+        &pool,
+        GRAPH_ROOM,
+        &first,
         "recreated after subscriptionRemoved",
-        || async {
-            active(&pool, GRAPH_ROOM)
-                .await
-                .and_then(|s| s.remote_id)
-                .is_some_and(|id| id != first)
-        },
     )
     .await;
+    settled(&pool).await;
     assert_eq!(
         resync_reason(&pool, GRAPH_ROOM).await.as_deref(),
         Some("subscription_removed")
     );
-    let second = active(&pool, GRAPH_ROOM).await.unwrap().remote_id.unwrap();
 
     // Graph loses it silently: the renewal answers 404 and a new one is created.
     control
@@ -474,18 +494,13 @@ async fn graph_lifecycle_events_and_errors_each_end_in_a_working_subscription(po
         .await
         .unwrap();
     due_now(&pool).await;
-    eventually(
-        Duration::from_secs(10),
+    let third = replaced(
+        &pool,
+        GRAPH_ROOM,
+        &second,
         "recreated after a 404 on renewal",
-        || async {
-            active(&pool, GRAPH_ROOM)
-                .await
-                .and_then(|s| s.remote_id)
-                .is_some_and(|id| id != second)
-        },
     )
     .await;
-    let third = active(&pool, GRAPH_ROOM).await.unwrap().remote_id.unwrap();
     let at_graph: Vec<String> = control
         .graph_subscriptions()
         .into_iter()
@@ -597,18 +612,7 @@ async fn a_silent_ews_subscription_is_replaced_from_its_watermark_and_the_old_on
         })
         .unwrap();
     // Silence for 2 × StatusFrequency (2 × 400 ms) plus slack, then a resubscribe.
-    eventually(
-        Duration::from_secs(10),
-        "resubscribed after silence",
-        || async {
-            active(&pool, EWS_ROOM)
-                .await
-                .and_then(|s| s.remote_id)
-                .is_some_and(|id| id != first)
-        },
-    )
-    .await;
-    let second = active(&pool, EWS_ROOM).await.unwrap().remote_id.unwrap();
+    let second = replaced(&pool, EWS_ROOM, &first, "resubscribed after silence").await;
     let new_sub = control
         .ews_subscriptions()
         .into_iter()
@@ -649,18 +653,13 @@ async fn read_events_failed_resubscribes_with_the_watermark_and_an_invalid_one_r
             subscription_id: first.clone(),
         })
         .unwrap();
-    eventually(
-        Duration::from_secs(10),
+    let second = replaced(
+        &pool,
+        EWS_ROOM,
+        &first,
         "resubscribed after ErrorReadEventsFailed",
-        || async {
-            active(&pool, EWS_ROOM)
-                .await
-                .and_then(|s| s.remote_id)
-                .is_some_and(|id| id != first)
-        },
     )
     .await;
-    let second = active(&pool, EWS_ROOM).await.unwrap().remote_id.unwrap();
     let resumed = control
         .ews_subscriptions()
         .into_iter()
@@ -670,6 +669,7 @@ async fn read_events_failed_resubscribes_with_the_watermark_and_an_invalid_one_r
         resumed.subscribed_with_watermark.is_some(),
         "carried the watermark"
     );
+    settled(&pool).await;
     assert_eq!(
         resync_reason(&pool, EWS_ROOM).await,
         None,
@@ -690,24 +690,14 @@ async fn read_events_failed_resubscribes_with_the_watermark_and_an_invalid_one_r
             subscription_id: second.clone(),
         })
         .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "resubscribed without a watermark",
-        || async {
-            active(&pool, EWS_ROOM)
-                .await
-                .and_then(|s| s.remote_id)
-                .is_some_and(|id| id != second)
-        },
-    )
-    .await;
-    let third = active(&pool, EWS_ROOM).await.unwrap().remote_id.unwrap();
+    let third = replaced(&pool, EWS_ROOM, &second, "resubscribed without a watermark").await;
     let fresh = control
         .ews_subscriptions()
         .into_iter()
         .find(|s| s.id == third)
         .unwrap();
     assert_eq!(fresh.subscribed_with_watermark, None);
+    settled(&pool).await;
     assert_eq!(
         resync_reason(&pool, EWS_ROOM).await.as_deref(),
         Some("invalid_watermark")
