@@ -4,9 +4,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use rooms_sync::app::Application;
 use rooms_sync::config::{self, Settings};
+use rooms_sync::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use rooms_sync::worker::WorkerOptions;
+use rooms_sync::worker::retry::RetryPolicy;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -182,5 +186,130 @@ pub(crate) fn signal_and_wait(
             "no exit within {bound:?} of {signal}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+// The service against the simulator, as the upkeep and end-to-end tests run it.
+
+/// EWS StatusFrequency the test services ask for, in (test) minutes.
+pub(crate) const EWS_STATUS_FREQUENCY: &str = "2";
+
+/// Worker timing for tests: a "minute" of StatusFrequency is 200 ms (the simulator runs at
+/// the same pace), upkeep looks every 50 ms and backs off from 100 ms.
+pub(crate) fn fast_options() -> WorkerOptions {
+    WorkerOptions {
+        tick: Duration::from_millis(50),
+        minute: Duration::from_millis(200),
+        ews_silence_slack: Duration::from_millis(300),
+        upkeep_retry: RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+            max_attempts: None,
+        },
+        metrics_every: Duration::from_millis(200),
+        drain: Duration::from_secs(2),
+        ..WorkerOptions::default()
+    }
+}
+
+pub(crate) async fn simulator(shutdown: &CancellationToken) -> SimulatorHandle {
+    Simulator::start(
+        SimulatorConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            // A minute of Exchange time is 200 ms, as in `fast_options`.
+            time_scale: 300.0,
+            rooms: (1..=6).map(|i| format!("room{i}@sim.example")).collect(),
+            ..SimulatorConfig::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A service on a fixed port (so its callback URL is known before it binds) pointed at `sim`.
+pub(crate) struct Service {
+    pub(crate) port: u16,
+    /// The port the registered callback names: its own, or a shared one for replicas.
+    pub(crate) callback_port: u16,
+    pub(crate) mailboxes: String,
+}
+
+impl Service {
+    pub(crate) fn new(mailboxes: &str) -> Self {
+        let port = free_port();
+        Self {
+            port,
+            callback_port: port,
+            mailboxes: mailboxes.to_owned(),
+        }
+    }
+
+    /// Another replica of `self`: its own listener, the same callback and mailboxes.
+    pub(crate) fn replica(&self) -> Self {
+        Self {
+            port: free_port(),
+            callback_port: self.callback_port,
+            mailboxes: self.mailboxes.clone(),
+        }
+    }
+
+    /// The same service with other mailboxes configured.
+    pub(crate) fn with_mailboxes(&self, mailboxes: &str) -> Self {
+        Self {
+            port: self.port,
+            callback_port: self.callback_port,
+            mailboxes: mailboxes.to_owned(),
+        }
+    }
+
+    pub(crate) fn callback(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/api/webhooks/exchange",
+            self.callback_port
+        )
+    }
+
+    pub(crate) async fn start(&self, pool: &PgPool, sim: &SimulatorHandle) -> TestApp {
+        let base = sim.base_url().trim_end_matches('/').to_owned();
+        let listen = format!("127.0.0.1:{}", self.port);
+        let graph = format!("{base}/v1.0");
+        let ews = format!("{base}/EWS/Exchange.asmx");
+        let callback = self.callback();
+        let settings = test_settings(&[
+            ("ListenAddress", &listen),
+            ("ExchangePushNotificationEndpointUrl", &callback),
+            ("ExchangeRoomMailboxes", &self.mailboxes),
+            ("GraphBaseUrl", &graph),
+            ("AzureAuthorityHost", &base),
+            ("EwsUrl", &ews),
+            ("AzureTenantId", "sim-tenant"),
+            ("AzureClientId", "sim-client"),
+            ("AzureClientSecret", "sim-secret"),
+            ("EwsStatusFrequencyMinutes", EWS_STATUS_FREQUENCY),
+            ("GraphSubscriptionLifetimeMinutes", "60"),
+        ]);
+        // Its own pool on the test's database: stopping an application closes its pool.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
+        let app = Application::build_with_pool(settings, own)
+            .await
+            .unwrap()
+            .with_worker_options(fast_options());
+        TestApp::run(app)
+    }
+}
+
+/// Polls `check` until it is true, failing after `bound`.
+pub(crate) async fn eventually<F, Fut>(bound: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < bound, "not within {bound:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -6,141 +6,14 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rooms_sync::app::Application;
-use rooms_sync::simulator::{
-    Control, Fault, LifecycleKind, Simulator, SimulatorConfig, SimulatorHandle,
-};
-use rooms_sync::worker::WorkerOptions;
-use rooms_sync::worker::retry::RetryPolicy;
+use rooms_sync::simulator::{Control, Fault, LifecycleKind, SimulatorHandle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestApp, free_port, test_settings};
+use crate::helpers::{Service, TestApp, eventually, free_port, simulator};
 
 const GRAPH_ROOM: &str = "room1@sim.example";
 const EWS_ROOM: &str = "room2@sim.example";
-/// EWS StatusFrequency asked for, in (test) minutes.
-const STATUS_FREQUENCY: &str = "2";
-
-/// Worker timing for tests: a "minute" of StatusFrequency is 200 ms (the simulator runs at
-/// the same pace), upkeep looks every 50 ms and backs off from 100 ms.
-fn fast_options() -> WorkerOptions {
-    WorkerOptions {
-        tick: Duration::from_millis(50),
-        minute: Duration::from_millis(200),
-        ews_silence_slack: Duration::from_millis(300),
-        upkeep_retry: RetryPolicy {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-            max_attempts: None,
-        },
-        metrics_every: Duration::from_millis(200),
-        drain: Duration::from_secs(2),
-        ..WorkerOptions::default()
-    }
-}
-
-async fn simulator(shutdown: &CancellationToken) -> SimulatorHandle {
-    Simulator::start(
-        SimulatorConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            // A minute of Exchange time is 200 ms, as in `fast_options`.
-            time_scale: 300.0,
-            rooms: (1..=6).map(|i| format!("room{i}@sim.example")).collect(),
-            ..SimulatorConfig::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap()
-}
-
-/// A service on a fixed port (so its callback URL is known before it binds) pointed at `sim`.
-struct Service {
-    port: u16,
-    /// The port the registered callback names: its own, or a shared one for replicas.
-    callback_port: u16,
-    mailboxes: String,
-}
-
-impl Service {
-    fn new(mailboxes: &str) -> Self {
-        let port = free_port();
-        Self {
-            port,
-            callback_port: port,
-            mailboxes: mailboxes.to_owned(),
-        }
-    }
-
-    /// Another replica of `self`: its own listener, the same callback and mailboxes.
-    fn replica(&self) -> Self {
-        Self {
-            port: free_port(),
-            callback_port: self.callback_port,
-            mailboxes: self.mailboxes.clone(),
-        }
-    }
-
-    /// The same service with other mailboxes configured.
-    fn with_mailboxes(&self, mailboxes: &str) -> Self {
-        Self {
-            port: self.port,
-            callback_port: self.callback_port,
-            mailboxes: mailboxes.to_owned(),
-        }
-    }
-
-    fn callback(&self) -> String {
-        format!(
-            "http://127.0.0.1:{}/api/webhooks/exchange",
-            self.callback_port
-        )
-    }
-
-    async fn start(&self, pool: &PgPool, sim: &SimulatorHandle) -> TestApp {
-        let base = sim.base_url().trim_end_matches('/').to_owned();
-        let listen = format!("127.0.0.1:{}", self.port);
-        let graph = format!("{base}/v1.0");
-        let ews = format!("{base}/EWS/Exchange.asmx");
-        let callback = self.callback();
-        let settings = test_settings(&[
-            ("ListenAddress", &listen),
-            ("ExchangePushNotificationEndpointUrl", &callback),
-            ("ExchangeRoomMailboxes", &self.mailboxes),
-            ("GraphBaseUrl", &graph),
-            ("AzureAuthorityHost", &base),
-            ("EwsUrl", &ews),
-            ("AzureTenantId", "sim-tenant"),
-            ("AzureClientId", "sim-client"),
-            ("AzureClientSecret", "sim-secret"),
-            ("EwsStatusFrequencyMinutes", STATUS_FREQUENCY),
-            ("GraphSubscriptionLifetimeMinutes", "60"),
-        ]);
-        // Its own pool on the test's database: stopping an application closes its pool.
-        let own = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect_lazy_with(pool.connect_options().as_ref().clone());
-        let app = Application::build_with_pool(settings, own)
-            .await
-            .unwrap()
-            .with_worker_options(fast_options());
-        TestApp::run(app)
-    }
-}
-
-/// Polls `check` until it is true, failing after `bound`.
-async fn eventually<F, Fut>(bound: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < bound, "not within {bound:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[derive(Debug, sqlx::FromRow)]
 struct SubRow {
