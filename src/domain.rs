@@ -181,8 +181,6 @@ impl RejectReason {
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum ResyncReason {
-    /// Never synced yet.
-    FirstSight,
     /// Exchange no longer knew the EWS watermark: events in between are lost.
     InvalidWatermark,
     /// Graph said notifications were not delivered (`missed`).
@@ -197,7 +195,6 @@ impl ResyncReason {
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::FirstSight => "first_sight",
             Self::InvalidWatermark => "invalid_watermark",
             Self::Missed => "missed",
             Self::SubscriptionRemoved => "subscription_removed",

@@ -85,15 +85,6 @@ impl ExchangeError {
             Self::Rejected { .. } | Self::Protocol(_) | Self::Config(_) => None,
         }
     }
-
-    /// The HTTP status Exchange answered with, for refusals.
-    #[must_use]
-    pub const fn status(&self) -> Option<u16> {
-        match self {
-            Self::Rejected { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
 }
 
 /// Concurrency and retry limits of the client.
