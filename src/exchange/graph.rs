@@ -1,11 +1,13 @@
-//! Microsoft Graph calls: subscriptions (create, renew, delete, list). Every request asks for
-//! immutable ids, so the ids in notifications and in later reads of the same events agree.
+//! Microsoft Graph calls: subscriptions (create, renew, delete, list) and the pages of a room's
+//! `calendarView/delta` rounds. Every request asks for immutable ids, so the ids in
+//! notifications and in later reads of the same events agree.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode, header};
 
 use super::{ExchangeClient, ExchangeError, throttle};
+use crate::graph::delta::{DeltaPage, parse_delta_page};
 use crate::graph::subscription::{
     CreateSubscription, ErrorBody, RenewSubscription, Subscription, SubscriptionPage,
 };
@@ -15,6 +17,10 @@ pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 /// Sent on every request: ids stay the same when an event moves between folders, and
 /// notifications of a subscription created with it carry the same ids.
 pub const PREFER_IMMUTABLE_IDS: &str = "IdType=\"ImmutableId\"";
+/// Asked of every delta page: immutable ids, times in UTC, and pages of a size that keeps one
+/// response small.
+const PREFER_DELTA: &str =
+    "IdType=\"ImmutableId\", outlook.timezone=\"UTC\", odata.maxpagesize=100";
 /// List pages followed at most, against a server that keeps answering with a next page.
 const MAX_LIST_PAGES: usize = 200;
 
@@ -54,7 +60,15 @@ impl GraphClient<'_> {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ExchangeError> {
         self.client
-            .with_retries(|| self.attempt(mailbox, method.clone(), url, body.clone()))
+            .with_retries(|| {
+                self.attempt(
+                    mailbox,
+                    method.clone(),
+                    url,
+                    body.clone(),
+                    PREFER_IMMUTABLE_IDS,
+                )
+            })
             .await
     }
 
@@ -65,6 +79,7 @@ impl GraphClient<'_> {
         method: Method,
         url: &str,
         body: Option<Vec<u8>>,
+        prefer: &str,
     ) -> Result<(StatusCode, Bytes), ExchangeError> {
         use secrecy::ExposeSecret;
         let key = self.client.token_key(GRAPH_SCOPE)?;
@@ -77,7 +92,7 @@ impl GraphClient<'_> {
                 .http()
                 .request(method.clone(), url)
                 .bearer_auth(token.expose_secret())
-                .header("Prefer", PREFER_IMMUTABLE_IDS)
+                .header("Prefer", prefer)
                 .header(header::ACCEPT, "application/json");
             if let Some(body) = &body {
                 request = request
@@ -185,6 +200,107 @@ impl GraphClient<'_> {
     }
 }
 
+/// What a delta request got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaOutcome {
+    Page(DeltaPage),
+    /// The link's sync state is gone (`410`, `SyncStateNotFound`, `resyncRequired`): start
+    /// a new round from the window.
+    Reset {
+        detail: String,
+    },
+}
+
+impl GraphClient<'_> {
+    /// The URL that starts a delta round over `[start, end)` of the room's calendar.
+    #[must_use]
+    pub fn delta_start_url(
+        &self,
+        mailbox: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> String {
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut url = self.url(&format!(
+            "/users/{}/calendarView/delta",
+            path_segment(mailbox)
+        ));
+        url.push_str("?startDateTime=");
+        url.push_str(&time(start));
+        url.push_str("&endDateTime=");
+        url.push_str(&time(end));
+        url
+    }
+
+    /// GETs one page of a delta round: `url` is the start URL, or a next or delta link used
+    /// verbatim.
+    ///
+    /// # Errors
+    /// As Graph answers; an unreadable page is a protocol error.
+    pub async fn delta_page(
+        &self,
+        mailbox: &str,
+        url: &str,
+    ) -> Result<DeltaOutcome, ExchangeError> {
+        let answer = self
+            .client
+            .with_retries(|| self.attempt(mailbox, Method::GET, url, None, PREFER_DELTA))
+            .await;
+        match answer {
+            Ok((_, bytes)) => parse_delta_page(&bytes)
+                .map(DeltaOutcome::Page)
+                .map_err(|e| ExchangeError::Protocol(format!("Graph delta page: {e}"))),
+            Err(ExchangeError::Rejected {
+                status,
+                code,
+                message,
+            }) if sync_state_lost(status, &code) => Ok(DeltaOutcome::Reset {
+                detail: format!("Graph answered {status} {code}: {message}"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl GraphClient<'_> {
+    /// The `iCalUId` of one event (a series master, to recognise its occurrences across
+    /// backends); `None` when the event is gone.
+    ///
+    /// # Errors
+    /// As Graph answers.
+    pub async fn event_ical_uid(
+        &self,
+        mailbox: &str,
+        event_id: &str,
+    ) -> Result<Option<String>, ExchangeError> {
+        #[derive(serde::Deserialize)]
+        struct Uid {
+            #[serde(rename = "iCalUId")]
+            ical_uid: Option<String>,
+        }
+        let url = self.url(&format!(
+            "/users/{}/events/{}?$select=iCalUId",
+            path_segment(mailbox),
+            path_segment(event_id)
+        ));
+        match self.request(mailbox, Method::GET, &url, None).await {
+            Ok((_, bytes)) => Ok(parse::<Uid>(&bytes)?.ical_uid),
+            Err(ExchangeError::Rejected { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Graph's ways of saying a delta or paging link can no longer be used: `410 Gone`, or a 4xx
+/// whose code is `SyncStateNotFound` (in either casing), `syncStateInvalid` or
+/// `resyncRequired`.
+fn sync_state_lost(status: u16, code: &str) -> bool {
+    status == 410
+        || ["syncstatenotfound", "syncstateinvalid", "resyncrequired"]
+            .iter()
+            .any(|c| code.eq_ignore_ascii_case(c))
+}
+
 fn json_body(value: &impl serde::Serialize) -> Result<Vec<u8>, ExchangeError> {
     serde_json::to_vec(value).map_err(|e| ExchangeError::Protocol(e.to_string()))
 }
@@ -249,6 +365,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.retry_hint(1), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn a_gone_or_lost_sync_state_in_any_spelling_restarts_the_round() {
+        assert!(sync_state_lost(410, ""));
+        assert!(sync_state_lost(400, "SyncStateNotFound"));
+        assert!(sync_state_lost(400, "syncStateNotFound"));
+        assert!(sync_state_lost(400, "resyncRequired"));
+        assert!(!sync_state_lost(404, "ErrorItemNotFound"));
+        assert!(!sync_state_lost(403, "ErrorAccessDenied"));
     }
 
     #[test]

@@ -4,5 +4,6 @@
 //! where needed); nothing here opens a socket, reads a clock or touches
 //! Postgres, so it can be called from the webhook hot path and tested alone.
 
+pub mod delta;
 pub mod notification;
 pub mod subscription;
