@@ -44,13 +44,17 @@ const CALENDAR_FIELDS: [&str; 15] = [
     "calendar:AppointmentSequenceNumber",
 ];
 
-/// `m:ItemShape`: `IdOnly`, plus [`CALENDAR_FIELDS`] when `with_calendar_fields`.
-fn item_shape(out: &mut Out, with_calendar_fields: bool) -> Result<(), RequestError> {
+/// Properties `SyncFolderItems` asks for on top of `IdOnly`: enough to tell a series master
+/// (whose occurrences must be expanded) from a single meeting, and to find its occurrences.
+const SYNC_FIELDS: [&str; 2] = ["calendar:UID", "calendar:CalendarItemType"];
+
+/// `m:ItemShape`: `IdOnly`, plus `fields`.
+fn item_shape(out: &mut Out, fields: &[&str]) -> Result<(), RequestError> {
     out.open("m:ItemShape", &[])?;
     out.text("t:BaseShape", "IdOnly")?;
-    if with_calendar_fields {
+    if !fields.is_empty() {
         out.open("t:AdditionalProperties", &[])?;
-        for field in CALENDAR_FIELDS {
+        for field in fields {
             out.empty("t:FieldURI", &[("FieldURI", field)])?;
         }
         out.close("t:AdditionalProperties")?;
@@ -60,8 +64,8 @@ fn item_shape(out: &mut Out, with_calendar_fields: bool) -> Result<(), RequestEr
 
 // ---- SyncFolderItems ------------------------------------------------------------------------
 
-/// `SyncFolderItems` on the room's calendar folder. Only ids come back: the properties are
-/// fetched with [`GetCalendarItems`].
+/// `SyncFolderItems` on the room's calendar folder. Ids come back, with each item's UID and
+/// calendar item type; the other properties are fetched with [`GetCalendarItems`].
 #[derive(Debug, Clone, Copy)]
 pub struct SyncFolderItems<'a> {
     /// The room's primary SMTP address.
@@ -89,7 +93,7 @@ impl SyncFolderItems<'_> {
         }
         envelope(version, self.room, |out| {
             out.open("m:SyncFolderItems", &[])?;
-            item_shape(out, false)?;
+            item_shape(out, &SYNC_FIELDS)?;
             out.calendar_folder("m:SyncFolderId")?;
             if let Some(state) = self.sync_state {
                 out.text("m:SyncState", state)?;
@@ -132,6 +136,10 @@ pub struct ItemChange {
     pub kind: ChangeKind,
     /// The item's `ItemId`.
     pub item: ItemRef,
+    /// `UID`, when Exchange returned it (creates and updates of calendar items).
+    pub uid: Option<String>,
+    /// `CalendarItemType`, when Exchange returned it.
+    pub item_type: Option<CalendarItemType>,
 }
 
 /// A successful `SyncFolderItems` response.
@@ -172,18 +180,31 @@ pub fn parse_sync_folder_items_response(
         };
         // Create and Update wrap the item (CalendarItem, or another item type); Delete and
         // ReadFlagChange hold the ItemId directly.
-        let id_node = match kind {
+        let wrapped = match kind {
             ChangeKind::Create | ChangeKind::Update => change
                 .children
                 .iter()
-                .filter(|c| c.ns.is_ews())
-                .find_map(|item| ews_child(item, "ItemId")),
-            ChangeKind::Delete | ChangeKind::ReadFlagChange => ews_child(change, "ItemId"),
+                .find(|c| c.ns.is_ews() && ews_child(c, "ItemId").is_some()),
+            ChangeKind::Delete | ChangeKind::ReadFlagChange => None,
+        };
+        let id_node = match wrapped {
+            Some(item) => ews_child(item, "ItemId"),
+            None => ews_child(change, "ItemId"),
         };
         let item = id_node
             .and_then(item_ref)
             .ok_or_else(|| invalid(format!("a {} change has no ItemId", change.local)))?;
-        changes.push(ItemChange { kind, item });
+        let uid = wrapped.and_then(|w| ews_text(w, "UID")).map(str::to_owned);
+        let item_type = wrapped
+            .and_then(|w| ews_text(w, "CalendarItemType"))
+            .map(CalendarItemType::parse)
+            .transpose()?;
+        changes.push(ItemChange {
+            kind,
+            item,
+            uid,
+            item_type,
+        });
     }
     Ok(Ok(SyncChanges {
         sync_state: sync_state.to_owned(),
@@ -215,7 +236,7 @@ impl GetCalendarItems<'_> {
         }
         envelope(version, self.room, |out| {
             out.open("m:GetItem", &[])?;
-            item_shape(out, true)?;
+            item_shape(out, &CALENDAR_FIELDS)?;
             out.open("m:ItemIds", &[])?;
             for id in self.item_ids {
                 out.empty("t:ItemId", &[("Id", id)])?;
@@ -298,7 +319,7 @@ impl FindCalendarView<'_> {
         let max = self.max_entries.map(|n| n.to_string());
         envelope(version, self.room, |out| {
             out.open("m:FindItem", &[("Traversal", "Shallow")])?;
-            item_shape(out, true)?;
+            item_shape(out, &CALENDAR_FIELDS)?;
             let mut view: Vec<(&'static str, &str)> = Vec::with_capacity(3);
             if let Some(max) = &max {
                 view.push(("MaxEntriesReturned", max));

@@ -2,6 +2,9 @@
 //! header) and names it in `X-AnchorMailbox`, as Exchange Online requires of app-only callers
 //! and as routes the request to the room's mailbox server on premises. Authentication is an
 //! OAuth token for the Exchange Online resource, or Basic with a service account on premises.
+//!
+//! Calls: `Subscribe` (push), and what the sync worker reads: `SyncFolderItems`, `GetItem`
+//! and `FindItem` with a `CalendarView`.
 
 use bytes::Bytes;
 use reqwest::{StatusCode, header};
@@ -9,8 +12,10 @@ use secrecy::ExposeSecret;
 
 use super::{Auth, ExchangeClient, ExchangeError, ews_auth};
 use crate::ews::{
-    CONTENT_TYPE, EventType, EwsError, ResponseCode, ResponseError, ServerVersion,
-    parse_subscribe_response,
+    CONTENT_TYPE, CalendarViewPage, EventType, EwsError, FetchedItem, FindCalendarView,
+    GetCalendarItems, ResponseCode, ResponseError, ServerVersion, SyncChanges, SyncFolderItems,
+    parse_find_item_response, parse_get_item_response, parse_subscribe_response,
+    parse_sync_folder_items_response,
 };
 
 /// The scope of app-only tokens for EWS in Exchange Online.
@@ -100,6 +105,109 @@ impl EwsClient<'_> {
             .await
     }
 
+    /// One `SyncFolderItems` call on the room's calendar from `sync_state` (`None`: from the
+    /// beginning).
+    ///
+    /// # Errors
+    /// Throttling, transient failures and refusals, as [`ExchangeError`].
+    pub async fn sync_folder_items(
+        &self,
+        room: &str,
+        sync_state: Option<&str>,
+        max_changes: u32,
+    ) -> Result<SyncOutcome, ExchangeError> {
+        let body = SyncFolderItems {
+            room,
+            sync_state,
+            max_changes,
+        }
+        .to_xml(ServerVersion::default())
+        .map_err(|e| ExchangeError::Config(format!("cannot write SyncFolderItems: {e}")))?;
+        self.client
+            .with_retries(|| async {
+                let (status, bytes) = self.post(room, body.clone()).await?;
+                match parse_sync_folder_items_response(&bytes) {
+                    Ok(Ok(changes)) => Ok(SyncOutcome::Changes(changes)),
+                    Ok(Err(e)) if sync_state_rejected(&e) => Ok(SyncOutcome::StateRejected {
+                        detail: e.to_string(),
+                    }),
+                    Ok(Err(e)) => Err(from_ews_error(status, e)),
+                    Err(e) => Err(from_response_error(status, e)),
+                }
+            })
+            .await
+    }
+
+    /// `GetItem` of a batch of items with the properties a reservation needs: one answer per
+    /// id, in order.
+    ///
+    /// # Errors
+    /// Throttling, transient failures and refusals of the whole request, as [`ExchangeError`];
+    /// per-item errors (`ErrorItemNotFound`) are answers, not errors.
+    pub async fn get_items(
+        &self,
+        room: &str,
+        item_ids: &[&str],
+    ) -> Result<Vec<FetchedItem>, ExchangeError> {
+        let body = GetCalendarItems { room, item_ids }
+            .to_xml(ServerVersion::default())
+            .map_err(|e| ExchangeError::Config(format!("cannot write GetItem: {e}")))?;
+        self.client
+            .with_retries(|| async {
+                let (status, bytes) = self.post(room, body.clone()).await?;
+                let items =
+                    parse_get_item_response(&bytes).map_err(|e| from_response_error(status, e))?;
+                // A busy server answers each message with ErrorServerBusy: retry the batch.
+                if let Some(FetchedItem::Error(e)) = items
+                    .iter()
+                    .find(|i| matches!(i, FetchedItem::Error(e) if e.is_busy() || e.is_transient()))
+                {
+                    return Err(from_ews_error(status, e.clone()));
+                }
+                if items.len() != item_ids.len() {
+                    return Err(ExchangeError::Protocol(format!(
+                        "GetItem answered {} messages for {} ids",
+                        items.len(),
+                        item_ids.len()
+                    )));
+                }
+                Ok(items)
+            })
+            .await
+    }
+
+    /// `FindItem` with a `CalendarView` of `[start, end)`: the items and occurrences in it.
+    /// The window must not exceed [`crate::ews::MAX_CALENDAR_VIEW`].
+    ///
+    /// # Errors
+    /// Throttling, transient failures and refusals, as [`ExchangeError`].
+    pub async fn calendar_view(
+        &self,
+        room: &str,
+        start: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+        max_entries: u32,
+    ) -> Result<CalendarViewPage, ExchangeError> {
+        let body = FindCalendarView {
+            room,
+            start,
+            end,
+            max_entries: Some(max_entries),
+        }
+        .to_xml(ServerVersion::default())
+        .map_err(|e| ExchangeError::Config(format!("cannot write FindItem: {e}")))?;
+        self.client
+            .with_retries(|| async {
+                let (status, bytes) = self.post(room, body.clone()).await?;
+                match parse_find_item_response(&bytes) {
+                    Ok(Ok(page)) => Ok(page),
+                    Ok(Err(e)) => Err(from_ews_error(status, e)),
+                    Err(e) => Err(from_response_error(status, e)),
+                }
+            })
+            .await
+    }
+
     /// One POST of a SOAP request for `room` (plus one more with a fresh token after a 401).
     /// Returns the HTTP status and body of any answer that carries SOAP (200, or 500 with a
     /// fault); other statuses become errors here.
@@ -160,6 +268,21 @@ impl EwsClient<'_> {
             };
         }
     }
+}
+
+/// What a `SyncFolderItems` call got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    Changes(SyncChanges),
+    /// Exchange no longer accepts the sync state: start again without one (and reconcile).
+    StateRejected {
+        detail: String,
+    },
+}
+
+/// The sync state cannot be used: corrupt, from another folder, or from before a mailbox move.
+fn sync_state_rejected(e: &EwsError) -> bool {
+    *e.effective_code() == ResponseCode::ErrorInvalidSyncStateData
 }
 
 /// An error EWS reported, sorted into throttling, transient failure or refusal.

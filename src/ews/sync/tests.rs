@@ -99,8 +99,10 @@ fn a_sync_folder_items_request_follows_the_schema_order_in_the_messages_namespac
         ]
     );
     let item_shape = op.child("ItemShape").unwrap();
-    assert_eq!(shape(item_shape), [(Ns::Types, "BaseShape")]);
-    assert_eq!(item_shape.children[0].text, "IdOnly");
+    assert_eq!(
+        requested_fields(item_shape),
+        ["calendar:UID", "calendar:CalendarItemType"]
+    );
     assert_calendar_folder(op.child("SyncFolderId").unwrap());
     assert_eq!(
         op.child("SyncState").unwrap().text,
@@ -312,6 +314,8 @@ fn change(kind: ChangeKind, id: &str, change_key: Option<&str>) -> ItemChange {
             id: id.to_owned(),
             change_key: change_key.map(str::to_owned),
         },
+        uid: None,
+        item_type: None,
     }
 }
 
@@ -327,11 +331,15 @@ fn a_sync_folder_items_response_lists_creates_updates_and_deletes_in_order() {
             sync_state: "H4sIAAAAAAAEAGZpeHR1cmUtcm9vbS0xLXN5bmMtMDAwNy8rPQ==".to_owned(),
             includes_last_item_in_range: false,
             changes: vec![
-                change(
-                    ChangeKind::Create,
-                    "AAMkAGZpeHR1cmUtcm9vbS0xAEYAAAAAaXRlbS0wMDAx",
-                    Some("DwAAABYAAABjay0wMDAxLWE=")
-                ),
+                ItemChange {
+                    uid: Some("040000008200E00074C5B7101A82E0080000000071F4A8D2".to_owned()),
+                    item_type: Some(CalendarItemType::RecurringMaster),
+                    ..change(
+                        ChangeKind::Create,
+                        "AAMkAGZpeHR1cmUtcm9vbS0xAEYAAAAAaXRlbS0wMDAx",
+                        Some("DwAAABYAAABjay0wMDAxLWE="),
+                    )
+                },
                 change(
                     ChangeKind::Update,
                     "AAMkAGZpeHR1cmUtcm9vbS0xAEYAAAAAaXRlbS0wMDAy",
