@@ -8,6 +8,9 @@ alter table mailboxes
     -- after a failure). Pending events make a mailbox due as well.
     add column sync_due_at timestamptz not null default now(),
     add column sync_locked_until timestamptz,
+    -- Names the holder of the lease: a round extends its lease while it works and only
+    -- finishes while the token is still its own.
+    add column sync_lease_token uuid,
     -- Consecutive failed rounds, and the last error, for backoff and for `rooms-sync status`.
     add column sync_failures integer not null default 0,
     add column sync_error text,
@@ -46,3 +49,6 @@ create index reservations_uid on reservations (mailbox_id, series_uid)
 -- Events waiting for a sync of their mailbox (lifecycle events are upkeep's).
 create index notification_events_sync_pending on notification_events (mailbox_id, id)
     where status in ('pending', 'processing');
+
+-- Dead events, counted per mailbox by `rooms-sync status` and found by `events replay`.
+create index notification_events_dead on notification_events (mailbox_id) where status = 'dead';

@@ -28,6 +28,8 @@ pub struct Application {
     public: Option<TcpListener>,
     admin: TcpListener,
     worker: WorkerOptions,
+    /// Fired by ingest after each commit; the sync worker waits on it.
+    wake: Arc<Notify>,
 }
 
 impl Application {
@@ -72,6 +74,7 @@ impl Application {
             public,
             admin,
             worker: WorkerOptions::default(),
+            wake: Arc::new(Notify::new()),
         })
     }
 
@@ -114,9 +117,9 @@ impl Application {
                 ews_unknown_grace: settings.exchange.ews.unknown_subscription_grace,
             },
             Arc::clone(&self.metrics),
-            // Woken after every commit; the sync worker will wait on it (polling stays the
+            // Woken after every commit; the sync worker waits on it (polling stays the
             // fallback across replicas).
-            Arc::new(Notify::new()),
+            Arc::clone(&self.wake),
             &ingest_tasks,
             ingest_stop.clone(),
         );
@@ -158,6 +161,7 @@ impl Application {
                 Arc::clone(&settings),
                 Arc::clone(&self.metrics),
                 self.worker.clone(),
+                Arc::clone(&self.wake),
                 worker_stop.clone(),
             ))
         });

@@ -233,6 +233,32 @@ impl fmt::Display for Coverage {
     }
 }
 
+/// One occurrence of a calendar item in a room's calendar as Exchange holds it now: what a row
+/// of `reservations` is made from, whichever backend it was read through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occurrence {
+    /// The Exchange id of the occurrence (EWS `ItemId`, Graph immutable event id).
+    pub item_id: String,
+    /// The item's iCalendar UID as the backend reports it for this occurrence.
+    pub ical_uid: Option<String>,
+    /// The UID of the meeting across backends: the series' UID for an occurrence, the
+    /// item's own for a single meeting.
+    pub series_uid: Option<String>,
+    /// The series master's id, for occurrences and exceptions.
+    pub series_master_id: Option<String>,
+    /// Where the series pattern put the occurrence (before it was moved, if it was).
+    pub original_start: Option<chrono::DateTime<chrono::Utc>>,
+    pub subject: Option<String>,
+    pub organizer: Option<String>,
+    pub location: Option<String>,
+    pub starts_at: chrono::DateTime<chrono::Utc>,
+    pub ends_at: chrono::DateTime<chrono::Utc>,
+    pub is_all_day: bool,
+    pub is_cancelled: bool,
+    /// Exchange's version of the item (EWS `ChangeKey`, Graph `changeKey`).
+    pub change_key: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

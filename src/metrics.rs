@@ -40,6 +40,16 @@ pub struct UpkeepLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a sync round.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub backend: &'static str,
+    /// `full` or `incremental`.
+    pub round: &'static str,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -59,6 +69,14 @@ pub struct Metrics {
     pub worst_notification_age_seconds: Gauge<f64, AtomicU64>,
     /// Subscription upkeep passes by backend, action and outcome.
     pub upkeep_passes: Family<UpkeepLabels, Counter>,
+    /// Sync rounds by backend, kind and outcome.
+    pub sync_rounds: Family<SyncLabels, Counter>,
+    /// Time of one sync round, Exchange calls and commit included.
+    pub sync_round_duration: Histogram,
+    /// Reservation rows written (inserted, changed or marked deleted) by sync rounds.
+    pub reservations_written: Counter,
+    /// Notification events that ended `dead` after their last attempt.
+    pub events_dead: Counter,
 }
 
 impl Default for Metrics {
@@ -134,8 +152,38 @@ impl Metrics {
             "Subscription upkeep passes by backend, action and outcome",
             upkeep_passes.clone(),
         );
+        let sync_rounds = Family::<SyncLabels, Counter>::default();
+        registry.register(
+            "sync_rounds",
+            "Sync rounds of a mailbox by backend, kind (full, incremental) and outcome",
+            sync_rounds.clone(),
+        );
+        let sync_round_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+        );
+        registry.register(
+            "sync_round_duration_seconds",
+            "Time of one sync round, Exchange calls and commit included",
+            sync_round_duration.clone(),
+        );
+        let reservations_written = Counter::default();
+        registry.register(
+            "reservations_written",
+            "Reservation rows inserted, changed or marked deleted by sync rounds",
+            reservations_written.clone(),
+        );
+        let events_dead = Counter::default();
+        registry.register(
+            "notification_events_dead",
+            "Notification events given up after their last attempt",
+            events_dead.clone(),
+        );
         Self {
             registry,
+            sync_rounds,
+            sync_round_duration,
+            reservations_written,
+            events_dead,
             mailboxes,
             soonest_expiry_seconds,
             worst_notification_age_seconds,

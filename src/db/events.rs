@@ -330,3 +330,58 @@ pub async fn mark_done(executor: impl PgExecutor<'_>, ids: &[i64]) -> Result<(),
     .await?;
     Ok(())
 }
+
+/// Ends the events a successful sync round of `mailbox_id` covered: every event of it still
+/// `processing` (the round holds the mailbox, so they are its own) becomes `done`. Events that
+/// arrived during the round are `pending` and stay so. Returns how many.
+///
+/// # Errors
+/// Database errors.
+pub async fn finish_synced(
+    executor: impl PgExecutor<'_>,
+    mailbox_id: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "update notification_events
+         set status = 'done', processed_at = now(), locked_until = null, last_error = null
+         where mailbox_id = $1 and status = 'processing'",
+    )
+    .bind(mailbox_id)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// After a failed round of `mailbox_id`: its `processing` events go back to `pending` with the
+/// error, or to `dead` once they have had `max_attempts`. A throttled round does not count as
+/// an attempt (`count_attempt` false): waiting is not failing. Returns how many died.
+///
+/// # Errors
+/// Database errors.
+pub async fn fail_synced(
+    executor: impl PgExecutor<'_>,
+    mailbox_id: i64,
+    error: &str,
+    max_attempts: i32,
+    count_attempt: bool,
+) -> Result<u64, sqlx::Error> {
+    let dead: i64 = sqlx::query_scalar(
+        "with failed as (
+             update notification_events
+             set attempts = attempts - case when $4 then 0 else 1 end,
+                 status = case when $4 and attempts >= $3 then 'dead' else 'pending' end,
+                 last_error = $2, locked_until = null,
+                 processed_at = case when $4 and attempts >= $3 then now() end
+             where mailbox_id = $1 and status = 'processing'
+             returning status
+         )
+         select count(*) from failed where status = 'dead'",
+    )
+    .bind(mailbox_id)
+    .bind(error)
+    .bind(max_attempts)
+    .bind(count_attempt)
+    .fetch_one(executor)
+    .await?;
+    Ok(u64::try_from(dead).unwrap_or(0))
+}

@@ -275,3 +275,196 @@ pub async fn make_due(executor: impl PgExecutor<'_>, id: i64) -> Result<(), sqlx
         .await?;
     Ok(())
 }
+
+/// The lifecycle kinds upkeep owns; the sync leaves those events alone.
+const LIFECYCLE_KINDS: &str = "('reauthorization_required', 'subscription_removed', 'missed')";
+
+/// A mailbox claimed for a sync round, with what the round starts from.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SyncClaim {
+    pub id: i64,
+    pub address: String,
+    pub backend: Backend,
+    /// The lease's token: [`extend_sync_lease`], [`finish_sync`] and [`fail_sync`] only act
+    /// while it is still the mailbox's.
+    pub lease_token: uuid::Uuid,
+    /// When the claim was made (database clock): resync requests made later still count.
+    pub claimed_at: DateTime<Utc>,
+    pub sync_cursor: Option<String>,
+    pub sync_cursor_backend: Option<Backend>,
+    pub sync_window_start: Option<DateTime<Utc>>,
+    pub sync_window_end: Option<DateTime<Utc>>,
+    pub full_synced_at: Option<DateTime<Utc>>,
+    pub resync_requested_at: Option<DateTime<Utc>>,
+    pub resync_reason: Option<ResyncReason>,
+    pub sync_failures: i32,
+    /// Events claimed with the mailbox (now `processing`).
+    pub events: i64,
+    /// The most attempts any of them has had, this one included.
+    pub max_attempts: i32,
+}
+
+/// Claims up to `limit` mailboxes that need a sync round, in one statement: those whose
+/// scheduled round is due (first sight, safety net, window roll, retry after a failure) and,
+/// unless backing off after a failure, those with pending events or an owed full resync. Each
+/// gets a lease, and every pending (or orphaned `processing`) event of it is claimed with it:
+/// status `processing`, one more attempt. Events arriving later stay pending and make the
+/// mailbox due again once this round ends, which is what turns any burst into at most one
+/// follow-up round. A leased mailbox is skipped, so one mailbox is never synced twice at once,
+/// across replicas too; an expired lease is claimable again (crash recovery).
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_sync(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<SyncClaim>, sqlx::Error> {
+    let sql = format!(
+        "with due as (
+             select m.id from mailboxes m
+             where m.enabled
+               and (m.sync_locked_until is null or m.sync_locked_until < now())
+               and (m.sync_due_at <= now()
+                    or (m.sync_failures = 0 and (
+                        m.resync_requested_at is not null
+                        or exists (select 1 from notification_events e
+                                   where e.mailbox_id = m.id
+                                     and e.status in ('pending', 'processing')
+                                     and e.kind not in {LIFECYCLE_KINDS}))))
+             order by m.sync_due_at
+             limit $1
+             for update of m skip locked
+         ),
+         claimed_events as (
+             update notification_events e
+             set status = 'processing', attempts = e.attempts + 1,
+                 locked_until = now() + make_interval(secs => $2)
+             from due
+             where e.mailbox_id = due.id and e.status in ('pending', 'processing')
+               and e.kind not in {LIFECYCLE_KINDS}
+             returning e.mailbox_id, e.attempts
+         ),
+         locked as (
+             update mailboxes m
+             set sync_locked_until = now() + make_interval(secs => $2),
+                 sync_lease_token = gen_random_uuid()
+             from due where m.id = due.id
+             returning m.*
+         )
+         select l.id, l.address, l.backend, l.sync_lease_token as lease_token,
+                now() as claimed_at, l.sync_cursor, l.sync_cursor_backend,
+                l.sync_window_start, l.sync_window_end, l.full_synced_at,
+                l.resync_requested_at, l.resync_reason, l.sync_failures,
+                (select count(*) from claimed_events c where c.mailbox_id = l.id) as events,
+                coalesce((select max(c.attempts) from claimed_events c
+                          where c.mailbox_id = l.id), 0) as max_attempts
+         from locked l"
+    );
+    sqlx::query_as(&sql)
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(executor)
+        .await
+}
+
+/// Where the next incremental round of a mailbox starts, stored with the round's changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncCursor {
+    /// The Graph delta link (verbatim) or the EWS `SyncState`.
+    pub cursor: String,
+    pub backend: Backend,
+    /// The window a Graph delta link covers (`None` for EWS, whose state is not windowed).
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// Ends a successful round, first thing in the transaction that writes its changes: stores
+/// the cursor, clears failures, schedules the safety-net round at `next_due`, and clears an
+/// owed full resync when this round was full and the request predates the claim. Returns
+/// `false`, changing nothing, when the lease is no longer ours (the round took too long and
+/// another worker has the mailbox): the caller must then roll back.
+///
+/// # Errors
+/// Database errors.
+pub async fn finish_sync(
+    executor: impl PgExecutor<'_>,
+    claim: &SyncClaim,
+    cursor: &SyncCursor,
+    full: bool,
+    next_due: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let (from, to) = cursor.window.unzip();
+    let updated = sqlx::query(
+        "update mailboxes set
+             sync_cursor = $3, sync_cursor_backend = $4, sync_window_start = $5,
+             sync_window_end = $6, synced_at = now(),
+             full_synced_at = case when $7 then now() else full_synced_at end,
+             resync_requested_at = case when $7 and resync_requested_at <= $8 then null
+                                        else resync_requested_at end,
+             resync_reason = case when $7 and resync_requested_at <= $8 then null
+                                  else resync_reason end,
+             sync_failures = 0, sync_error = null, sync_due_at = $9,
+             sync_locked_until = null, sync_lease_token = null, updated_at = now()
+         where id = $1 and sync_lease_token = $2",
+    )
+    .bind(claim.id)
+    .bind(claim.lease_token)
+    .bind(&cursor.cursor)
+    .bind(cursor.backend)
+    .bind(from)
+    .bind(to)
+    .bind(full)
+    .bind(claim.claimed_at)
+    .bind(next_due)
+    .execute(executor)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Records a failed round: one more failure, the error, the next try at `retry_at`, the lease
+/// released. Does nothing when the lease is no longer ours.
+///
+/// # Errors
+/// Database errors.
+pub async fn fail_sync(
+    executor: impl PgExecutor<'_>,
+    claim: &SyncClaim,
+    error: &str,
+    retry_at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "update mailboxes set sync_failures = sync_failures + 1, sync_error = $3,
+                              sync_due_at = $4, sync_locked_until = null,
+                              sync_lease_token = null, updated_at = now()
+         where id = $1 and sync_lease_token = $2",
+    )
+    .bind(claim.id)
+    .bind(claim.lease_token)
+    .bind(error)
+    .bind(retry_at)
+    .execute(executor)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Keeps a round's lease from running out while it works. Returns `false` when the lease is
+/// no longer the round's.
+///
+/// # Errors
+/// Database errors.
+pub async fn extend_sync_lease(
+    executor: impl PgExecutor<'_>,
+    claim: &SyncClaim,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "update mailboxes set sync_locked_until = now() + make_interval(secs => $3)
+         where id = $1 and sync_lease_token = $2",
+    )
+    .bind(claim.id)
+    .bind(claim.lease_token)
+    .bind(lease.as_secs_f64())
+    .execute(executor)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}

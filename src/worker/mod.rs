@@ -1,12 +1,17 @@
 //! The background worker of `serve` (role `worker`): orchestration only, no SQL strings and no
-//! XML. Today it runs subscription upkeep ([`upkeep`]): at start it reconciles the configured
-//! mailboxes into the table; then, on every tick, it claims the mailboxes that are due and
-//! works on a bounded number of them at once, and now and then reconciles Graph's list of
-//! subscriptions and refreshes the coverage metrics. Shutdown is explicit (a
-//! [`CancellationToken`]) and the drain is bounded: unfinished mailboxes keep their lease, which
-//! simply runs out.
+//! XML. It runs two loops over one Exchange client:
+//! - subscription upkeep ([`upkeep`]): at start it reconciles the configured mailboxes into
+//!   the table; then, on every tick, it claims the mailboxes that are due and works on a
+//!   bounded number of them at once, and now and then reconciles Graph's list of
+//!   subscriptions and refreshes the coverage metrics;
+//! - the sync ([`sync`]): woken by ingress after each commit, it brings each mailbox with new
+//!   events (or a scheduled round) in line with Exchange.
+//!
+//! Shutdown is explicit (a [`CancellationToken`]) and the drain is bounded: unfinished
+//! mailboxes keep their lease, which simply runs out.
 
 pub mod retry;
+pub mod sync;
 pub mod upkeep;
 
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +28,7 @@ use crate::db;
 use crate::exchange::{ExchangeClient, Limits};
 use crate::metrics::Metrics;
 use retry::RetryPolicy;
+use sync::{SyncOptions, Syncer};
 use upkeep::{GRAPH_RECONCILE_JOB, Upkeep};
 
 /// Internal timing of the worker. The defaults are production's; tests shrink them (a
@@ -52,6 +58,8 @@ pub struct WorkerOptions {
     pub limits: Limits,
     /// How long shutdown waits for mailboxes being worked on.
     pub drain: Duration,
+    /// The sync loop's timing and limits.
+    pub sync: SyncOptions,
 }
 
 impl Default for WorkerOptions {
@@ -69,11 +77,13 @@ impl Default for WorkerOptions {
             upkeep_retry: RetryPolicy::UPKEEP,
             limits: Limits::default(),
             drain: Duration::from_secs(10),
+            sync: SyncOptions::default(),
         }
     }
 }
 
-/// Runs the worker until `shutdown` is cancelled.
+/// Runs the worker until `shutdown` is cancelled; `wake` is the signal ingress fires after
+/// each commit.
 ///
 /// # Errors
 /// When the Exchange client cannot be built.
@@ -82,12 +92,21 @@ pub async fn run(
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
     options: WorkerOptions,
+    wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let client = Arc::new(ExchangeClient::new(
         settings.exchange.clone(),
         options.limits,
     )?);
+    let syncer = Syncer {
+        pool: pool.clone(),
+        client: Arc::clone(&client),
+        settings: Arc::clone(&settings),
+        options: options.sync.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let sync = tokio::spawn(sync::run(syncer, wake, options.drain, shutdown.clone()));
     let upkeep = Upkeep {
         pool,
         client,
@@ -160,6 +179,9 @@ pub async fn run(
             "worker stopped with mailboxes unfinished"
         );
         running.abort_all();
+    }
+    if let Err(error) = sync.await {
+        tracing::error!(%error, "the sync loop panicked");
     }
     Ok(())
 }

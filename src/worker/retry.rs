@@ -35,6 +35,14 @@ impl RetryPolicy {
         max_attempts: None,
     };
 
+    /// Sync rounds: a second at first, then at most every five minutes; an event is given up
+    /// (`dead`) after eight failed rounds, about ten minutes of trying.
+    pub const SYNC: Self = Self {
+        base: Duration::from_secs(1),
+        cap: Duration::from_secs(5 * 60),
+        max_attempts: Some(8),
+    };
+
     /// The decision after `attempt` attempts failed, the last one with `hint` (Exchange's
     /// `Retry-After` or `BackOffMilliseconds`): never shorter than that hint.
     #[must_use]

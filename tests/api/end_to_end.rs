@@ -76,7 +76,7 @@ async fn a_graph_booking_in_the_simulator_lands_in_notification_events(pool: PgP
             count(
                 &pool,
                 "select count(*) from notification_events
-             where subscription_id = $1 and kind = 'created' and status = 'pending'",
+             where subscription_id = $1 and kind = 'created' and status <> 'ignored'",
                 sub,
             )
             .await
@@ -126,7 +126,7 @@ async fn an_ews_booking_in_the_simulator_lands_with_an_unbroken_watermark_chain(
             count(
                 &pool,
                 "select count(*) from notification_events
-             where subscription_id = $1 and kind = 'created' and status = 'pending'",
+             where subscription_id = $1 and kind = 'created' and status <> 'ignored'",
                 sub,
             )
             .await

@@ -11,6 +11,7 @@ use rooms_sync::config::{self, Settings};
 use rooms_sync::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use rooms_sync::worker::WorkerOptions;
 use rooms_sync::worker::retry::RetryPolicy;
+use rooms_sync::worker::sync::SyncOptions;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -208,6 +209,16 @@ pub(crate) fn fast_options() -> WorkerOptions {
         },
         metrics_every: Duration::from_millis(200),
         drain: Duration::from_secs(2),
+        sync: SyncOptions {
+            poll: Duration::from_millis(100),
+            lease: Duration::from_secs(2),
+            retry: RetryPolicy {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(1),
+                max_attempts: Some(4),
+            },
+            ..SyncOptions::default()
+        },
         ..WorkerOptions::default()
     }
 }
