@@ -4,6 +4,7 @@
 pub mod events;
 pub mod jobs;
 pub mod mailboxes;
+pub mod status;
 pub mod subscriptions;
 
 use std::time::Duration;
