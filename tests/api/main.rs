@@ -14,5 +14,6 @@ mod demo;
 mod end_to_end;
 mod health;
 mod helpers;
+mod status;
 mod upkeep;
 mod webhook;
