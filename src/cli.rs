@@ -48,8 +48,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Run the simulator, the service against it and a busy office, and show bookings arrive.
     Demo(DemoArgs),
-    /// Show each mailbox's subscription, last notification, last sync and waiting and dead
-    /// events, read from the database (safe while `serve` runs; applies no migrations).
+    /// Show each mailbox's subscription, last notification, last sync and waiting and dead events.
+    ///
+    /// Reads the database only: safe while `serve` runs, and applies no migrations.
     Status(StatusArgs),
     /// Act on stored notification events.
     Events {
@@ -67,14 +68,18 @@ pub struct StatusArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
-    /// Put dead events back to pending for the worker and make their mailboxes due for a sync.
-    /// Ids that are not dead are skipped (named on stderr); unknown ids fail with exit 2 and
-    /// change nothing.
+    /// Put dead events back to pending and make their mailboxes due for a sync.
+    ///
+    /// In one transaction. Ids that are not dead are skipped (named on stderr); unknown ids
+    /// fail with exit 2 and change nothing.
     Replay(ReplayArgs),
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("which").required(true).args(["all", "ids"])))]
+#[command(
+    group(ArgGroup::new("which").required(true).args(["all", "ids"])),
+    override_usage = "rooms-sync events replay (--all | ID...)"
+)]
 pub struct ReplayArgs {
     /// Replay every dead event.
     #[arg(long)]
