@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{binary, free_port, server_url, stderr, stdout};
+use crate::helpers::{TestApp, binary, free_port, server_url, stderr, stdout};
 
 /// The URL of the test's own database, for the binary.
 fn database_url(pool: &PgPool) -> String {
@@ -365,6 +365,21 @@ async fn status_of_an_empty_migrated_database_says_there_are_no_mailboxes(pool: 
     let table = stdout(&output);
     assert!(table.starts_with("no mailboxes"), "{table}");
     assert!(table.contains("0 mailboxes, 0 covered, 0 pending events, 0 dead events at "));
+}
+
+#[sqlx::test]
+async fn status_answers_while_the_service_runs_on_the_same_database(pool: PgPool) {
+    mailbox(&pool, "a-graph@example.com", "graph").await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let url = database_url(&pool);
+    // Off the runtime, so the service keeps running while the command does.
+    let output = tokio::task::spawn_blocking(move || run_against(&url, &["status", "--json"]))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["mailboxes"][0]["address"], "a-graph@example.com");
+    app.stop().await;
 }
 
 #[sqlx::test(migrations = false)]
