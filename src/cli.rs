@@ -1,16 +1,23 @@
 //! The command line (CONTRACT §1): parses arguments, loads the settings once, runs a command and
-//! maps the outcome to an exit code (2: invalid configuration, 1: any other failure).
+//! maps the outcome to an exit code (2: invalid configuration or usage, 1: any other failure).
+//!
+//! The operator commands `status` and `events replay` live in the submodules of the same names;
+//! see docs/operations.md.
+
+mod replay;
+mod status;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use sqlx::{ConnectOptions as _, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
-use crate::config::{self, Loaded, LogFormat};
+use crate::config::{self, DatabaseSettings, Loaded, LogFormat};
 use crate::demo::{self, DemoArgs};
 use crate::simulator::{self, SimulateArgs};
 use crate::{db, shutdown, telemetry};
@@ -41,6 +48,45 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Run the simulator, the service against it and a busy office, and show bookings arrive.
     Demo(DemoArgs),
+    /// Show each mailbox's subscription, last notification, last sync and waiting and dead events.
+    ///
+    /// Reads the database only: safe while `serve` runs, and applies no migrations.
+    Status(StatusArgs),
+    /// Act on stored notification events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON document on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Put dead events back to pending and make their mailboxes due for a sync.
+    ///
+    /// In one transaction. Ids that are not dead are skipped (named on stderr); unknown ids
+    /// fail with exit 2 and change nothing.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("which").required(true).args(["all", "ids"])),
+    override_usage = "rooms-sync events replay (--all | ID...)"
+)]
+pub struct ReplayArgs {
+    /// Replay every dead event.
+    #[arg(long)]
+    pub all: bool,
+    /// Ids of the dead events to replay (`notification_events.id`).
+    #[arg(value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
+    pub ids: Vec<i64>,
 }
 
 /// Runs the program; the binary's whole `main`.
@@ -92,14 +138,24 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(async move {
+    runtime.block_on(async move {
         match cli.command {
-            Command::Serve => serve(loaded).await,
-            Command::Migrate => migrate(&loaded).await,
-            Command::Healthcheck => healthcheck(&loaded).await,
-            Command::Config | Command::Simulate(_) | Command::Demo(_) => Ok(()),
+            Command::Serve => exit_code(serve(loaded).await),
+            Command::Migrate => exit_code(migrate(&loaded).await),
+            Command::Healthcheck => exit_code(healthcheck(&loaded).await),
+            // The operator commands report their own failures as one plain line on stderr, and
+            // some of them are not exit 1.
+            Command::Status(args) => status::run(&loaded.settings.database, &args).await,
+            Command::Events {
+                command: EventsCommand::Replay(args),
+            } => replay::run(&loaded.settings.database, &args).await,
+            Command::Config | Command::Simulate(_) | Command::Demo(_) => ExitCode::SUCCESS,
         }
-    });
+    })
+}
+
+/// The exit code of a service command, logging its failure.
+fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -214,4 +270,70 @@ fn loopback_for(addr: SocketAddr) -> SocketAddr {
         ip => ip,
     };
     SocketAddr::new(ip, addr.port())
+}
+
+/// How long an operator command waits for its database connection: long enough for a remote
+/// server, short enough that a black-holed address fails promptly instead of waiting out TCP's
+/// retries (minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection for a one-shot operator command. Not the service's pool: a pool that cannot
+/// connect reports only that it timed out, and the operator needs the cause (refused, unknown
+/// host, authentication). On failure the error line is printed and the exit code returned.
+async fn connect(command: &str, settings: &DatabaseSettings) -> Result<PgConnection, ExitCode> {
+    let options = db::connect_options(settings).map_err(|error| {
+        eprintln!("rooms-sync {command}: {}", one_line(&error.to_string()));
+        ExitCode::FAILURE
+    })?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => {
+            let hint = match &error {
+                // The database named in DatabaseUrl does not exist.
+                sqlx::Error::Database(e) if e.code().as_deref() == Some("3D000") => {
+                    " (`rooms-sync migrate` creates it)"
+                }
+                _ => "",
+            };
+            eprintln!(
+                "rooms-sync {command}: cannot connect to the database: {}{hint}",
+                one_line(&error.to_string())
+            );
+            Err(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            eprintln!(
+                "rooms-sync {command}: cannot connect to the database: no answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            );
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Prints a failed statement of an operator command as one line and returns exit 1. A missing
+/// table or column means the database was never migrated, or by an older binary.
+fn database_failure(command: &str, error: &sqlx::Error) -> ExitCode {
+    let schema_missing = matches!(
+        error,
+        sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("42P01" | "42703"))
+    );
+    if schema_missing {
+        eprintln!(
+            "rooms-sync {command}: the database does not have this version's schema ({}); \
+             run `rooms-sync migrate`",
+            one_line(&error.to_string())
+        );
+    } else {
+        eprintln!(
+            "rooms-sync {command}: database error: {}",
+            one_line(&error.to_string())
+        );
+    }
+    ExitCode::FAILURE
+}
+
+/// `text` on one line, so each failure is one line on stderr.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

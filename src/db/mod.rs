@@ -5,6 +5,7 @@ pub mod events;
 pub mod jobs;
 pub mod mailboxes;
 pub mod reservations;
+pub mod status;
 pub mod subscriptions;
 
 use std::time::Duration;

@@ -14,6 +14,7 @@ mod demo;
 mod end_to_end;
 mod health;
 mod helpers;
+mod status;
 mod sync;
 mod upkeep;
 mod webhook;
