@@ -852,7 +852,7 @@ async fn delta_rounds_return_exactly_the_changes_since_the_last_link() {
         )
         .await;
     assert_eq!(status, StatusCode::GONE);
-    assert_eq!(body["error"]["code"], "syncStateNotFound");
+    assert_eq!(body["error"]["code"], "SyncStateNotFound");
     c.inject(Fault::ExpireDeltaLinks).unwrap();
     let (status, _) = sim.graph_get(&link2, None).await;
     assert_eq!(status, StatusCode::GONE);
@@ -1136,7 +1136,7 @@ async fn get_item_returns_the_booked_properties_and_item_not_found_per_missing_i
         .ews(
             ROOM,
             &format!(
-                r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/><t:ItemId Id="gone"/></m:ItemIds></m:GetItem>"#
+                r#"<m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/><t:ItemId Id="gone"/></m:ItemIds></m:GetItem>"#
             ),
         )
         .await;
@@ -1163,6 +1163,10 @@ async fn get_item_returns_the_booked_properties_and_item_not_found_per_missing_i
             .text,
         "alice@sim.example"
     );
+    assert_eq!(
+        item.path(&["Organizer", "Mailbox", "Name"]).unwrap().text,
+        "Alice"
+    );
     assert_eq!(messages[1].attr("ResponseClass"), Some("Error"));
     assert_eq!(
         messages[1].child("ResponseCode").unwrap().text,
@@ -1185,7 +1189,7 @@ async fn find_item_with_a_calendar_view_expands_series_and_honours_max_entries()
         .unwrap();
     let find = |max: u32| {
         format!(
-            r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:CalendarView MaxEntriesReturned="{max}" StartDate="2026-03-01T00:00:00Z" EndDate="2026-04-01T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>{ROOM}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"#
+            r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="calendar:CalendarItemType"/></t:AdditionalProperties></m:ItemShape><m:CalendarView MaxEntriesReturned="{max}" StartDate="2026-03-01T00:00:00Z" EndDate="2026-04-01T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>{ROOM}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"#
         )
     };
     let (_, body) = sim.ews(ROOM, &find(100)).await;
