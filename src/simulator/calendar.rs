@@ -199,8 +199,9 @@ impl Instance {
     }
 
     pub(crate) fn modified_at(&self) -> DateTime<Utc> {
-        self.exception()
-            .map_or(self.item.modified_at, |e| e.modified_at.max(self.item.modified_at))
+        self.exception().map_or(self.item.modified_at, |e| {
+            e.modified_at.max(self.item.modified_at)
+        })
     }
 
     /// Graph's `iCalUId`: the series' id for the master and single meetings, and for an
@@ -633,13 +634,7 @@ impl Calendars {
         )
     }
 
-    fn log(
-        &mut self,
-        room: &str,
-        item: &Item,
-        touched: Touched,
-        ews: &[(EventKind, EwsTarget)],
-    ) {
+    fn log(&mut self, room: &str, item: &Item, touched: Touched, ews: &[(EventKind, EwsTarget)]) {
         self.seq += 1;
         let seq = self.seq;
         let mut positions = Vec::with_capacity(ews.len());
@@ -785,16 +780,13 @@ impl Calendars {
             check_no_crossing(item, index, start)?;
             id = occurrence.id;
             let now = Utc::now();
-            let exception = item
-                .exceptions
-                .entry(index)
-                .or_insert_with(|| Exception {
-                    start: occurrence.start,
-                    end: occurrence.end,
-                    cancelled: false,
-                    version: 0,
-                    modified_at: now,
-                });
+            let exception = item.exceptions.entry(index).or_insert_with(|| Exception {
+                start: occurrence.start,
+                end: occurrence.end,
+                cancelled: false,
+                version: 0,
+                modified_at: now,
+            });
             exception.start = start;
             exception.end = end;
             exception.version += 1;
@@ -816,16 +808,13 @@ impl Calendars {
             let occurrence = item.live_occurrence(index)?;
             id = occurrence.id;
             let now = Utc::now();
-            let exception = item
-                .exceptions
-                .entry(index)
-                .or_insert_with(|| Exception {
-                    start: occurrence.start,
-                    end: occurrence.end,
-                    cancelled: false,
-                    version: 0,
-                    modified_at: now,
-                });
+            let exception = item.exceptions.entry(index).or_insert_with(|| Exception {
+                start: occurrence.start,
+                end: occurrence.end,
+                cancelled: false,
+                version: 0,
+                modified_at: now,
+            });
             exception.cancelled = true;
             exception.version += 1;
             exception.modified_at = now;
@@ -937,7 +926,8 @@ fn check_no_crossing(item: &Item, index: u32, start: DateTime<Utc>) -> Result<()
         .iter()
         .filter_map(|i| i.slot.as_ref().map(|s| (s.index, i.start)))
         .find(|(i, _)| *i > index);
-    let crosses = before.is_some_and(|(_, at)| start <= at) || after.is_some_and(|(_, at)| start >= at);
+    let crosses =
+        before.is_some_and(|(_, at)| start <= at) || after.is_some_and(|(_, at)| start >= at);
     if crosses {
         return Err(SimError::InvalidMeeting(format!(
             "occurrence {index} cannot be moved onto or past a neighbouring occurrence"
@@ -1025,6 +1015,103 @@ mod tests {
         assert_eq!(a.user(&id.to_ascii_uppercase()).unwrap().address, "a@x");
         assert_eq!(a.user("A@X").unwrap().address, "a@x");
         assert!(a.user("c@x").is_none());
+    }
+
+    fn series(cal: &mut Calendars, count: u32) -> String {
+        cal.create("r@x", meeting(9), Some(Recurrence::Daily { count }))
+            .unwrap()
+            .item
+            .id
+    }
+
+    #[test]
+    fn a_moved_occurrence_becomes_an_exception_with_its_original_start() {
+        let mut cal = Calendars::new(1, &[]);
+        let master = series(&mut cal, 3);
+        let new_start = Utc.with_ymd_and_hms(2026, 3, 3, 15, 0, 0).unwrap();
+        let (_, id) = cal
+            .move_occurrence("r@x", &master, 1, new_start, new_start + Duration::hours(1))
+            .unwrap();
+        assert_eq!(id, occurrence_id(&master, 1));
+        let inst = cal.room("r@x").unwrap().instance(&id).unwrap();
+        assert_eq!(inst.kind, InstanceKind::Exception);
+        assert_eq!(inst.start, new_start);
+        assert_eq!(
+            inst.original_start(),
+            Some(Utc.with_ymd_and_hms(2026, 3, 3, 9, 0, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn occurrence_uids_carry_their_original_date_in_the_series_global_object_id() {
+        let mut cal = Calendars::new(1, &[]);
+        let master = series(&mut cal, 2);
+        let item = cal.room("r@x").unwrap().items[&master].clone();
+        assert!(item.uid.starts_with(GOID_CLASS));
+        assert_eq!(item.uid.get(32..40), Some("00000000"));
+        let second = item.occurrence(1).unwrap();
+        let uid = second.ical_uid();
+        // 2026-03-03: 0x07EA, 3, 3.
+        assert_eq!(uid.get(32..40), Some("07EA0303"));
+        assert_eq!(uid.get(..32), item.uid.get(..32));
+        assert_eq!(uid.get(40..), item.uid.get(40..));
+        assert_eq!(item.as_instance().ical_uid(), item.uid);
+    }
+
+    #[test]
+    fn a_refused_change_leaves_the_item_as_it_was() {
+        let mut cal = Calendars::new(1, &[]);
+        let id = cal.create("r@x", meeting(9), None).unwrap().item.id;
+        let seq = cal.seq;
+        let refused = cal.update("r@x", &id, |item| {
+            item.meeting.end = item.meeting.start;
+            Ok(())
+        });
+        assert!(matches!(refused, Err(SimError::InvalidMeeting(_))));
+        let item = &cal.room("r@x").unwrap().items[&id];
+        assert_eq!(item.meeting, meeting(9));
+        assert_eq!(item.version, 1);
+        assert_eq!(cal.seq, seq);
+    }
+
+    #[test]
+    fn changed_since_gathers_the_occurrences_a_series_changed_in() {
+        let mut cal = Calendars::new(1, &[]);
+        let master = series(&mut cal, 5);
+        let before = cal.seq;
+        cal.cancel_occurrence("r@x", &master, 0).unwrap();
+        cal.delete_occurrence("r@x", &master, 2).unwrap();
+        cal.end_series("r@x", &master, 4).unwrap();
+        let changed = cal.room("r@x").unwrap().changed_since(before);
+        assert_eq!(changed.len(), 1);
+        assert!(!changed[0].whole);
+        assert_eq!(
+            changed[0].occurrences.iter().copied().collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+    }
+
+    #[test]
+    fn ending_a_series_forgets_the_exceptions_and_deletions_beyond_its_new_end() {
+        let mut cal = Calendars::new(1, &[]);
+        let master = series(&mut cal, 5);
+        cal.cancel_occurrence("r@x", &master, 4).unwrap();
+        cal.delete_occurrence("r@x", &master, 3).unwrap();
+        cal.delete_occurrence("r@x", &master, 1).unwrap();
+        let applied = cal.end_series("r@x", &master, 3).unwrap();
+        let item = applied.item;
+        assert_eq!(item.recurrence, Some(Recurrence::Daily { count: 3 }));
+        assert!(item.ends_by_date);
+        assert!(item.exceptions.is_empty());
+        assert_eq!(
+            item.deleted_occurrences.iter().copied().collect::<Vec<_>>(),
+            [1]
+        );
+        assert_eq!(item.expand().len(), 2);
+        assert_eq!(
+            item.last_pattern_date(),
+            NaiveDate::from_ymd_opt(2026, 3, 4)
+        );
     }
 
     #[test]

@@ -411,11 +411,11 @@ impl Control {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<String, SimError> {
-        let (applied, id) =
-            self.shared
-                .lock()
-                .cal
-                .move_occurrence(room, master_id, index, start, end)?;
+        let (applied, id) = self
+            .shared
+            .lock()
+            .cal
+            .move_occurrence(room, master_id, index, start, end)?;
         self.applied(applied);
         Ok(id)
     }

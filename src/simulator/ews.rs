@@ -724,7 +724,9 @@ impl Shape {
 
 /// The first child in namespace `ns` with this local name.
 fn child_in<'a>(node: &'a Node, ns: Ns, local: &str) -> Option<&'a Node> {
-    node.children.iter().find(|c| c.ns == ns && c.local == local)
+    node.children
+        .iter()
+        .find(|c| c.ns == ns && c.local == local)
 }
 
 /// The `ItemShape` of an operation; `Err` holds the schema-validation fault Exchange
@@ -892,7 +894,10 @@ fn calendar_item(room: &Room, inst: &Instance, shape: &Shape, reader: Reader) ->
             esc(&room.calendar_folder_id())
         ),
     );
-    put(Prop::ItemClass, "<t:ItemClass>IPM.Appointment</t:ItemClass>");
+    put(
+        Prop::ItemClass,
+        "<t:ItemClass>IPM.Appointment</t:ItemClass>",
+    );
     put(
         Prop::Subject,
         &format!("<t:Subject>{}</t:Subject>", esc(&m.subject)),

@@ -234,8 +234,14 @@ pub(crate) fn routes(shared: AppState) -> Router<AppState> {
         .route("/v1.0/users/{room}/calendarView/delta", get(calendar_delta))
         .route("/v1.0/users/{room}/calendarview/delta", get(calendar_delta))
         // The OData function-call spelling names the same function.
-        .route("/v1.0/users/{room}/calendarView/delta()", get(calendar_delta))
-        .route("/v1.0/users/{room}/calendarview/delta()", get(calendar_delta))
+        .route(
+            "/v1.0/users/{room}/calendarView/delta()",
+            get(calendar_delta),
+        )
+        .route(
+            "/v1.0/users/{room}/calendarview/delta()",
+            get(calendar_delta),
+        )
         .route_layer(middleware::from_fn_with_state(shared, gate))
 }
 
@@ -1046,7 +1052,10 @@ fn serve_page(shared: &AppState, page: Page, context: &str) -> Response {
     if let Some(next) = &page.next {
         body.insert(
             "@odata.nextLink".to_owned(),
-            json!(format!("{}{}?$skiptoken={next}", shared.base_url, page.path)),
+            json!(format!(
+                "{}{}?$skiptoken={next}",
+                shared.base_url, page.path
+            )),
         );
     } else if let Some(delta) = &page.delta {
         body.insert(
@@ -1156,8 +1165,10 @@ fn delta_values(r: &Room, since: &DeltaState) -> Vec<Value> {
     };
     let mut out = Vec::new();
     for changed in r.changed_since(since.seq) {
-        let (item, live) = match (r.items.get(&changed.item_id), r.deleted.get(&changed.item_id))
-        {
+        let (item, live) = match (
+            r.items.get(&changed.item_id),
+            r.deleted.get(&changed.item_id),
+        ) {
             (Some(item), _) => (item, true),
             (None, Some(item)) => (item, false),
             (None, None) => continue,
@@ -1165,7 +1176,11 @@ fn delta_values(r: &Room, since: &DeltaState) -> Vec<Value> {
         let mut reported = BTreeSet::new();
         if changed.whole || !live {
             for inst in item.expand() {
-                out.push(if live { shown(&inst) } else { removed(&inst.id) });
+                out.push(if live {
+                    shown(&inst)
+                } else {
+                    removed(&inst.id)
+                });
                 reported.insert(inst.id);
             }
         }
@@ -1209,10 +1224,7 @@ async fn calendar_delta(
         let values = delta_values(r, &link.state);
         let seq = state.cal.seq;
         let generation = state.delta.next_generation(link.chain);
-        let then = DeltaState {
-            seq,
-            ..link.state
-        };
+        let then = DeltaState { seq, ..link.state };
         park_answer(
             &mut state,
             &path,
