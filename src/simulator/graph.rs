@@ -28,6 +28,7 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 
+use super::busy::SplitMix64;
 use super::calendar::{Instance, InstanceKind, Item, Room, occurrence_id, weekday_name};
 use super::control::{Backend, GraphSubscriptionSnapshot, PushRecord};
 use super::oauth::TokenResource;
@@ -200,8 +201,8 @@ impl DeltaStore {
 
 /// A new opaque token that carries its chain and generation (both 0 for `calendarView`
 /// pages), so even a dead one can be named in the error.
-fn new_token(state: &mut SimState, chain: u32, generation: u64) -> String {
-    format!("{}{chain:08x}{generation:016x}", state.rng.hex(16))
+fn new_token(rng: &mut SplitMix64, chain: u32, generation: u64) -> String {
+    format!("{}{chain:08x}{generation:016x}", rng.hex(16))
 }
 
 fn token_generation(token: &str) -> Option<(u32, u64)> {
@@ -1003,10 +1004,10 @@ fn park_answer(
     }
     // Page i > 0 is parked behind skiptoken i - 1; the first is served at once.
     let tokens: Vec<String> = (1..chunks.len())
-        .map(|_| new_token(state, chain, number))
+        .map(|_| new_token(&mut state.rng, chain, number))
         .collect();
     let delta_token = delta.map(|(chain, generation, then)| {
-        let token = new_token(state, chain, generation);
+        let token = new_token(&mut state.rng, chain, generation);
         state.delta.links.insert(
             token.clone(),
             DeltaLink {
@@ -1288,6 +1289,60 @@ mod tests {
         assert!(!notification_url_ok("http://rooms.example.com/hook"));
         assert!(!notification_url_ok("ftp://127.0.0.1/hook"));
         assert!(!notification_url_ok("not a url"));
+    }
+
+    #[test]
+    fn tokens_carry_their_chain_and_generation_after_an_opaque_prefix() {
+        let token = new_token(&mut SplitMix64::new(1), 7, 149);
+        assert_eq!(token_generation(&token), Some((7, 149)));
+        assert_eq!(token_generation("short"), None);
+    }
+
+    #[test]
+    fn a_chain_keeps_its_newest_three_generations_and_drops_the_links_of_older_ones() {
+        let mut store = DeltaStore::default();
+        let chain = store.new_chain();
+        let other = store.new_chain();
+        let state = DeltaState {
+            room: "r@x".to_owned(),
+            from: Utc::now(),
+            to: Utc::now(),
+            seq: 0,
+        };
+        let link = |store: &mut DeltaStore, chain, generation| {
+            let token = format!("{chain}-{generation}");
+            store.links.insert(
+                token.clone(),
+                DeltaLink {
+                    chain,
+                    generation,
+                    state: state.clone(),
+                },
+            );
+            token
+        };
+        let g1 = store.next_generation(chain);
+        let first = link(&mut store, chain, g1);
+        let o1 = store.next_generation(other);
+        let other_first = link(&mut store, other, o1);
+        for _ in 0..2 {
+            store.next_generation(chain);
+        }
+        assert!(store.links.contains_key(&first));
+        assert_eq!(store.next_generation(chain), 4);
+        assert!(!store.links.contains_key(&first));
+        assert!(store.links.contains_key(&other_first), "chains are apart");
+        assert_eq!(
+            store.chains[&chain]
+                .live
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
+        store.expire_all();
+        assert!(store.links.is_empty());
+        assert!(store.chains[&chain].live.is_empty());
     }
 
     #[test]

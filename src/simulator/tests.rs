@@ -2950,3 +2950,139 @@ async fn the_http_control_api_moves_cancels_and_deletes_occurrences_and_ends_ser
         ]
     );
 }
+
+// ---- delta generations ---------------------------------------------------------------
+
+#[tokio::test]
+async fn only_the_newest_three_delta_generations_stay_valid_and_older_ones_get_410() {
+    let sim = Sim::start().await;
+    sim.control()
+        .create_meeting(ROOM, meeting("A", 2, 9))
+        .unwrap();
+    let (_, link1, _) = delta_round(&sim, &delta_start(&sim), 10).await;
+    let (_, link2, _) = delta_round(&sim, &link1, 10).await;
+    let (_, link3, _) = delta_round(&sim, &link2, 10).await;
+    // Generations 2, 3 and 4 remain; the first has died.
+    let (_, link4, _) = delta_round(&sim, &link3, 10).await;
+    let (status, body) = sim.graph_get(&link1, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(body["error"]["code"], "SyncStateNotFound");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The sync state generation is not found; generation=1;"),
+        "{message}"
+    );
+    assert!(message.contains("[highest=4]"), "{message}");
+    // An older link that is still kept can be used again (a client retrying a round)...
+    let (values, _, _) = delta_round(&sim, &link2, 10).await;
+    assert!(values.is_empty());
+    // ...which issues generation 5, so generation 2 now dies too.
+    let (status, _) = sim.graph_get(&link2, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    let (status, _) = sim.graph_get(&link4, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_next_link_can_be_fetched_again_until_its_generation_dies() {
+    let sim = Sim::start().await;
+    for day in 2..6 {
+        sim.control()
+            .create_meeting(ROOM, meeting("M", day, 9))
+            .unwrap();
+    }
+    let (status, first) = sim
+        .graph_get(&delta_start(&sim), Some("odata.maxpagesize=2"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let next = first["@odata.nextLink"].as_str().unwrap().to_owned();
+    let (_, again1) = sim.graph_get(&next, None).await;
+    let (_, again2) = sim.graph_get(&next, None).await;
+    assert_eq!(again1, again2);
+    let link = again1["@odata.deltaLink"].as_str().unwrap().to_owned();
+    let (_, link, _) = delta_round(&sim, &link, 10).await;
+    let (_, link, _) = delta_round(&sim, &link, 10).await;
+    let (status, _) = sim.graph_get(&next, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "generation 1 is still among the last three"
+    );
+    delta_round(&sim, &link, 10).await;
+    let (status, body) = sim.graph_get(&next, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(body["error"]["code"], "SyncStateNotFound");
+}
+
+#[tokio::test]
+async fn unknown_skip_and_delta_tokens_get_410_sync_state_not_found() {
+    let sim = Sim::start().await;
+    for query in [
+        "$skiptoken=nope",
+        "$deltatoken=nope",
+        "$deltatoken=00000000000000000000000000000000ffffffff0000000000000001",
+    ] {
+        let (status, body) = sim
+            .graph_get(
+                &sim.url(&format!("/v1.0/users/{ROOM}/calendarView/delta?{query}")),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::GONE, "{query}");
+        assert_eq!(body["error"]["code"], "SyncStateNotFound");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("The sync state generation is not found; generation=")
+        );
+    }
+    let (status, body) = sim
+        .graph_get(
+            &sim.url(&format!("/v1.0/users/{ROOM}/calendarView?$skiptoken=nope")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(body["error"]["code"], "SyncStateNotFound");
+}
+
+#[tokio::test]
+async fn the_odata_function_spelling_of_delta_is_served_with_page_size_preferences() {
+    let sim = Sim::start().await;
+    for day in 2..5 {
+        sim.control()
+            .create_meeting(ROOM, meeting("M", day, 9))
+            .unwrap();
+    }
+    let token = sim.token().await;
+    let r = sim
+        .http
+        .get(sim.url(&format!(
+            "/v1.0/users/{ROOM}/calendarView/delta()?{}",
+            window_query()
+        )))
+        .bearer_auth(&token)
+        .header("Prefer", "odata.maxpagesize=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()
+            .get("preference-applied")
+            .and_then(|v| v.to_str().ok()),
+        Some("odata.maxpagesize=2")
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["value"].as_array().unwrap().len(), 2);
+    let next = body["@odata.nextLink"].as_str().unwrap().to_owned();
+    let (values, link, _) = delta_round(&sim, &next, 2).await;
+    assert_eq!(values.len(), 1);
+    sim.control()
+        .create_meeting(ROOM, meeting("N", 6, 9))
+        .unwrap();
+    let (values, _, _) = delta_round(&sim, &link, 2).await;
+    assert_eq!(values.len(), 1);
+    assert_eq!(values[0]["subject"], "N");
+}
