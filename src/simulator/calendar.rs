@@ -95,6 +95,9 @@ pub(crate) struct Item {
     /// Bumped on every change (of the item or, for a master, of any of its occurrences);
     /// the change key and etag derive from it.
     pub(crate) version: u32,
+    /// How often the organizer changed the whole meeting or series (EWS
+    /// `AppointmentSequenceNumber`); changes of single occurrences count on them alone.
+    pub(crate) sequence: u32,
     pub(crate) created_seq: u64,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) modified_at: DateTime<Utc>,
@@ -214,10 +217,11 @@ impl Instance {
         }
     }
 
-    /// EWS `AppointmentSequenceNumber`: how often the organizer changed the meeting.
+    /// EWS `AppointmentSequenceNumber`: the series' count plus, for an exception, the
+    /// changes made to it alone.
     pub(crate) fn sequence(&self) -> u32 {
         let own = self.exception().map_or(0, |e| e.version);
-        self.item.version.saturating_sub(1).saturating_add(own)
+        self.item.sequence.saturating_add(own)
     }
 }
 
@@ -693,6 +697,7 @@ impl Calendars {
             recurrence,
             cancelled: false,
             version: 1,
+            sequence: 0,
             created_seq: self.seq + 1,
             created_at: now,
             modified_at: now,
@@ -724,7 +729,11 @@ impl Calendars {
         id: &str,
         change: impl FnOnce(&mut Item) -> Result<(), SimError>,
     ) -> Result<Applied, SimError> {
-        self.update_touching(room, id, |item| change(item).map(|()| Touched::Item))
+        self.update_touching(room, id, |item| {
+            change(item)?;
+            item.sequence += 1;
+            Ok(Touched::Item)
+        })
     }
 
     /// Changes an item in place and logs an update of what `change` says it touched. A
