@@ -1401,6 +1401,56 @@ mod tests {
         assert_eq!(parse_sync_state("garbage"), None);
     }
 
+    fn operation(inner: &str) -> Node {
+        let xml = format!(
+            r#"<m:GetItem xmlns:m="{NS_MESSAGES}" xmlns:t="{NS_TYPES}">{inner}</m:GetItem>"#
+        );
+        xml::parse(xml.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_item_shape_reads_its_base_shape_and_the_known_field_uris_in_the_types_namespace() {
+        let op = operation(
+            r#"<m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="item:Subject"/><t:FieldURI FieldURI="calendar:Nope"/><m:FieldURI FieldURI="calendar:Start"/></t:AdditionalProperties></m:ItemShape>"#,
+        );
+        let shape = item_shape(&op).unwrap();
+        assert_eq!(
+            shape,
+            Shape {
+                base: BaseShape::IdOnly,
+                additional: vec![Prop::Subject],
+            }
+        );
+        assert!(shape.wants(Prop::Subject));
+        assert!(!shape.wants(Prop::Start));
+        // An ItemShape in the types namespace is not the operation's ItemShape.
+        assert!(
+            item_shape(&operation(
+                r#"<t:ItemShape><t:BaseShape>IdOnly</t:BaseShape></t:ItemShape>"#
+            ))
+            .is_err()
+        );
+        assert!(item_shape(&operation("<m:ItemShape/>")).is_err());
+    }
+
+    #[test]
+    fn default_leaves_out_the_series_properties_that_all_properties_gives() {
+        let default = Shape {
+            base: BaseShape::Default,
+            additional: vec![Prop::DeletedOccurrences],
+        };
+        let all = Shape {
+            base: BaseShape::AllProperties,
+            additional: Vec::new(),
+        };
+        for (prop, uri) in PROPS {
+            assert_eq!(Prop::from_field_uri(uri), Some(prop));
+            assert!(all.wants(prop));
+            let expected = !prop.of_series() || prop == Prop::DeletedOccurrences;
+            assert_eq!(default.wants(prop), expected, "{uri}");
+        }
+    }
+
     #[test]
     fn the_projects_own_replies_are_read_back_as_ok_and_unsubscribe() {
         assert_eq!(

@@ -3086,3 +3086,204 @@ async fn the_odata_function_spelling_of_delta_is_served_with_page_size_preferenc
     assert_eq!(values.len(), 1);
     assert_eq!(values[0]["subject"], "N");
 }
+
+// ---- EWS item shapes -----------------------------------------------------------------
+
+#[tokio::test]
+async fn get_item_with_id_only_returns_the_item_id_plus_only_the_listed_properties() {
+    let sim = Sim::start().await;
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("Shaped", 2, 10))
+        .unwrap();
+    let bare = ews_get_item(&sim, &item_shape("IdOnly", &[]), &id).await;
+    assert_eq!(child_names(&bare), ["ItemId"]);
+    let listed = ews_get_item(
+        &sim,
+        &item_shape(
+            "IdOnly",
+            &[
+                "calendar:End",
+                "item:Subject",
+                "calendar:Organizer",
+                "item:NotAProperty",
+            ],
+        ),
+        &id,
+    )
+    .await;
+    // Schema order, whatever the order asked in; unknown names are ignored.
+    assert_eq!(
+        child_names(&listed),
+        ["ItemId", "Subject", "End", "Organizer"]
+    );
+    assert_eq!(
+        listed
+            .path(&["Organizer", "Mailbox", "EmailAddress"])
+            .unwrap()
+            .text,
+        "alice@sim.example"
+    );
+    let full = ews_get_item(&sim, &item_shape("AllProperties", &[]), &id).await;
+    for name in [
+        "ParentFolderId",
+        "Subject",
+        "LastModifiedTime",
+        "UID",
+        "Start",
+        "End",
+        "IsAllDayEvent",
+        "IsCancelled",
+        "IsRecurring",
+        "CalendarItemType",
+        "Organizer",
+        "Location",
+        "AppointmentSequenceNumber",
+    ] {
+        assert!(full.child(name).is_some(), "{name} missing: {full:#?}");
+    }
+    assert!(full.child("RecurrenceId").is_none());
+    assert!(full.child("Recurrence").is_none());
+}
+
+#[tokio::test]
+async fn the_calendar_fields_the_worker_asks_for_all_come_back_on_an_exception() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 3 })
+        .unwrap();
+    let id = c
+        .move_occurrence(ROOM, &master, 1, at(3, 12), at(3, 13))
+        .unwrap();
+    let fields = [
+        "item:Subject",
+        "item:ParentFolderId",
+        "item:LastModifiedTime",
+        "calendar:UID",
+        "calendar:Start",
+        "calendar:End",
+        "calendar:IsAllDayEvent",
+        "calendar:IsCancelled",
+        "calendar:CalendarItemType",
+        "calendar:Organizer",
+        "calendar:Location",
+        "calendar:IsRecurring",
+        "calendar:RecurrenceId",
+        "calendar:OriginalStart",
+        "calendar:AppointmentSequenceNumber",
+    ];
+    let item = ews_get_item(&sim, &item_shape("IdOnly", &fields), &id).await;
+    assert_eq!(
+        child_names(&item),
+        [
+            "ItemId",
+            "ParentFolderId",
+            "Subject",
+            "LastModifiedTime",
+            "UID",
+            "RecurrenceId",
+            "Start",
+            "End",
+            "OriginalStart",
+            "IsAllDayEvent",
+            "Location",
+            "IsCancelled",
+            "IsRecurring",
+            "CalendarItemType",
+            "Organizer",
+            "AppointmentSequenceNumber"
+        ]
+    );
+    assert_eq!(text_of(&item, "AppointmentSequenceNumber"), "1");
+}
+
+#[tokio::test]
+async fn find_item_gives_the_organizer_name_but_never_its_address_whatever_the_shape() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    c.create_meeting(ROOM, meeting("One-off", 3, 9)).unwrap();
+    c.create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 2 })
+        .unwrap();
+    for shape in [
+        item_shape("IdOnly", &["calendar:Organizer"]),
+        item_shape("Default", &[]),
+        item_shape("AllProperties", &[]),
+    ] {
+        let items = ews_find_view(&sim, &shape).await;
+        assert_eq!(items.len(), 3);
+        for item in &items {
+            let mailbox = item.path(&["Organizer", "Mailbox"]).unwrap();
+            assert_eq!(child_names(mailbox), ["Name"], "{shape}");
+            assert_eq!(mailbox.child("Name").unwrap().text, "Alice");
+        }
+    }
+    // Without a CalendarView FindItem lists masters, still without series properties.
+    let (_, body) = sim
+        .ews(
+            ROOM,
+            &format!(
+                r#"<m:FindItem Traversal="Shallow">{}<m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>"#,
+                item_shape("AllProperties", &[])
+            ),
+        )
+        .await;
+    let items: Vec<&Node> = response_message(&body, "FindItem")
+        .path(&["RootFolder", "Items"])
+        .unwrap()
+        .children_named("CalendarItem")
+        .collect();
+    let master = items
+        .iter()
+        .find(|i| text_of(i, "CalendarItemType") == "RecurringMaster")
+        .unwrap();
+    assert!(master.child("Recurrence").is_none());
+    assert!(master.child("FirstOccurrence").is_none());
+    assert!(master.find("EmailAddress").is_none());
+}
+
+#[tokio::test]
+async fn sync_folder_items_with_id_only_returns_ids_and_the_requested_properties() {
+    let sim = Sim::start().await;
+    sim.control()
+        .create_meeting(ROOM, meeting("Synced", 2, 9))
+        .unwrap();
+    let sync = |shape: &str| {
+        format!(
+            r#"<m:SyncFolderItems>{shape}<m:SyncFolderId><t:DistinguishedFolderId Id="calendar"/></m:SyncFolderId><m:MaxChangesReturned>10</m:MaxChangesReturned></m:SyncFolderItems>"#
+        )
+    };
+    let (_, body) = sim.ews(ROOM, &sync(&item_shape("IdOnly", &[]))).await;
+    let item = response_message(&body, "SyncFolderItems")
+        .find("CalendarItem")
+        .unwrap();
+    assert_eq!(child_names(item), ["ItemId"]);
+    let (_, body) = sim
+        .ews(ROOM, &sync(&item_shape("IdOnly", &["item:Subject"])))
+        .await;
+    let item = response_message(&body, "SyncFolderItems")
+        .find("CalendarItem")
+        .unwrap();
+    assert_eq!(child_names(item), ["ItemId", "Subject"]);
+    assert_eq!(text_of(item, "Subject"), "Synced");
+}
+
+#[tokio::test]
+async fn an_item_shape_is_required_and_its_base_shape_must_be_known() {
+    let sim = Sim::start().await;
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("M", 2, 9))
+        .unwrap();
+    for op in [
+        format!(r#"<m:GetItem><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#),
+        format!(
+            r#"<m:GetItem><m:ItemShape><t:BaseShape>Everything</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#
+        ),
+        r#"<m:SyncFolderItems><m:SyncFolderId><t:DistinguishedFolderId Id="calendar"/></m:SyncFolderId><m:MaxChangesReturned>10</m:MaxChangesReturned></m:SyncFolderItems>"#.to_owned(),
+    ] {
+        let (status, body) = sim.ews(ROOM, &op).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{op}");
+        assert_eq!(fault_code(&body), "a:ErrorSchemaValidation", "{op}");
+    }
+}
