@@ -929,8 +929,7 @@ fn check_no_crossing(item: &Item, index: u32, start: DateTime<Utc>) -> Result<()
     let before = live
         .iter()
         .filter_map(|i| i.slot.as_ref().map(|s| (s.index, i.start)))
-        .filter(|(i, _)| *i < index)
-        .next_back();
+        .rfind(|(i, _)| *i < index);
     let after = live
         .iter()
         .filter_map(|i| i.slot.as_ref().map(|s| (s.index, i.start)))
