@@ -1,13 +1,19 @@
-//! The simulated mailboxes: room calendars held in memory, with meetings, recurring series
-//! expanded into occurrences, and one change log that every wire view (Graph delta links,
-//! EWS watermarks, `SyncFolderItems` states, pushes) is derived from.
+//! The simulated mailboxes: room calendars held in memory, with meetings and recurring series,
+//! and one change log that every wire view (Graph delta links, EWS watermarks,
+//! `SyncFolderItems` states, pushes) is derived from.
+//!
+//! A series is stored the way Exchange stores one: a master item with a recurrence pattern,
+//! plus the occurrences that differ from it (exceptions: moved or cancelled on their own)
+//! and the occurrences removed from it. Occurrences themselves are computed, never stored;
+//! each has a stable id made of the master's id and its index in the series, so an
+//! occurrence keeps its id when it becomes an exception.
 //!
 //! Sequence numbers are global and strictly increasing, so "what changed since X" is a
 //! filter on the log and every opaque state token only has to remember a number.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc, Weekday};
 use serde::{Deserialize, Serialize};
 
 use super::SimError;
@@ -37,9 +43,16 @@ pub enum Recurrence {
 }
 
 impl Recurrence {
-    fn count(self) -> u32 {
+    pub(crate) fn count(self) -> u32 {
         match self {
             Self::Daily { count } | Self::Weekly { count } => count,
+        }
+    }
+
+    fn with_count(self, count: u32) -> Self {
+        match self {
+            Self::Daily { .. } => Self::Daily { count },
+            Self::Weekly { .. } => Self::Weekly { count },
         }
     }
 
@@ -49,31 +62,60 @@ impl Recurrence {
             Self::Weekly { .. } => Duration::weeks(1),
         }
     }
+
+    pub(crate) fn is_weekly(self) -> bool {
+        matches!(self, Self::Weekly { .. })
+    }
 }
 
 /// Longest series accepted: keeps a typo from expanding into millions of occurrences.
 pub(crate) const MAX_OCCURRENCES: u32 = 999;
 
+/// An occurrence that no longer looks like its series: moved, or cancelled on its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Exception {
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
+    pub(crate) cancelled: bool,
+    /// Bumped on every change of this occurrence alone.
+    pub(crate) version: u32,
+    pub(crate) modified_at: DateTime<Utc>,
+}
+
 /// A stored calendar item: a single meeting or a series master.
 #[derive(Debug, Clone)]
 pub(crate) struct Item {
     pub(crate) id: String,
+    /// The series' (or meeting's) global object id in hex, as EWS `UID` and Graph `iCalUId`
+    /// of the master show it.
     pub(crate) uid: String,
     pub(crate) meeting: Meeting,
     pub(crate) recurrence: Option<Recurrence>,
     pub(crate) cancelled: bool,
-    /// Bumped on every change; the change key and etag derive from it.
+    /// Bumped on every change (of the item or, for a master, of any of its occurrences);
+    /// the change key and etag derive from it.
     pub(crate) version: u32,
+    /// How often the organizer changed the whole meeting or series (EWS
+    /// `AppointmentSequenceNumber`); changes of single occurrences count on them alone.
+    pub(crate) sequence: u32,
     pub(crate) created_seq: u64,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) modified_at: DateTime<Utc>,
+    /// Occurrences changed on their own, by index in the series.
+    pub(crate) exceptions: BTreeMap<u32, Exception>,
+    /// Occurrences removed from the series, by index.
+    pub(crate) deleted_occurrences: BTreeSet<u32>,
+    /// Whether the series ends on a date rather than after a number of occurrences: cutting
+    /// a series short in Outlook sets an end date.
+    pub(crate) ends_by_date: bool,
 }
 
-/// What an occurrence is, in Graph's words (`type`); EWS names are derived.
+/// What an instance is, in Graph's words (`type`); EWS names are derived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InstanceKind {
     Single,
     Occurrence,
+    Exception,
     Master,
 }
 
@@ -82,6 +124,7 @@ impl InstanceKind {
         match self {
             Self::Single => "singleInstance",
             Self::Occurrence => "occurrence",
+            Self::Exception => "exception",
             Self::Master => "seriesMaster",
         }
     }
@@ -90,9 +133,25 @@ impl InstanceKind {
         match self {
             Self::Single => "Single",
             Self::Occurrence => "Occurrence",
+            Self::Exception => "Exception",
             Self::Master => "RecurringMaster",
         }
     }
+
+    /// An occurrence or exception: one instance of a series.
+    pub(crate) fn in_series(self) -> bool {
+        matches!(self, Self::Occurrence | Self::Exception)
+    }
+}
+
+/// Where an occurrence or exception sits in its series.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) index: u32,
+    /// The start the series gives this occurrence (EWS `RecurrenceId`/`OriginalStart`,
+    /// Graph `originalStart`).
+    pub(crate) original_start: DateTime<Utc>,
+    pub(crate) exception: Option<Exception>,
 }
 
 /// One view of an item: the item itself or one of its occurrences.
@@ -103,31 +162,119 @@ pub(crate) struct Instance {
     pub(crate) start: DateTime<Utc>,
     pub(crate) end: DateTime<Utc>,
     pub(crate) item: Item,
+    /// For an occurrence or exception: its place in the series.
+    pub(crate) slot: Option<Slot>,
 }
 
 impl Instance {
     pub(crate) fn overlaps(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
         self.start < to && self.end > from
     }
-}
 
-impl Item {
+    /// Cancelled on its own, or as part of a cancelled series.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.item.cancelled
+            || self
+                .slot
+                .as_ref()
+                .and_then(|s| s.exception.as_ref())
+                .is_some_and(|e| e.cancelled)
+    }
+
+    fn exception(&self) -> Option<&Exception> {
+        self.slot.as_ref().and_then(|s| s.exception.as_ref())
+    }
+
+    pub(crate) fn original_start(&self) -> Option<DateTime<Utc>> {
+        self.slot.as_ref().map(|s| s.original_start)
+    }
+
     pub(crate) fn change_key(&self) -> String {
-        format!("DwAAABYAAAC{}{:08}", short_hash(&self.id), self.version)
+        match self.exception() {
+            // An exception is an item of its own in the store and changes on its own.
+            Some(e) => change_key(&self.id, self.item.version.saturating_add(e.version)),
+            None => change_key(&self.id, self.item.version),
+        }
     }
 
     pub(crate) fn etag(&self) -> String {
         format!("W/\"{}\"", self.change_key())
     }
 
-    fn instance(&self, kind: InstanceKind) -> Instance {
-        Instance {
-            id: self.id.clone(),
-            kind,
-            start: self.meeting.start,
-            end: self.meeting.end,
-            item: self.clone(),
+    pub(crate) fn modified_at(&self) -> DateTime<Utc> {
+        self.exception().map_or(self.item.modified_at, |e| {
+            e.modified_at.max(self.item.modified_at)
+        })
+    }
+
+    /// Graph's `iCalUId`: the series' id for the master and single meetings, and for an
+    /// occurrence the series' global object id with its original date written in, as
+    /// Exchange derives an instance's id, so every occurrence has its own.
+    pub(crate) fn ical_uid(&self) -> String {
+        match self.original_start() {
+            Some(at) => instance_uid(&self.item.uid, at.date_naive()),
+            None => self.item.uid.clone(),
         }
+    }
+
+    /// EWS `AppointmentSequenceNumber`: the series' count plus, for an exception, the
+    /// changes made to it alone.
+    pub(crate) fn sequence(&self) -> u32 {
+        let own = self.exception().map_or(0, |e| e.version);
+        self.item.sequence.saturating_add(own)
+    }
+}
+
+fn change_key(id: &str, version: u32) -> String {
+    format!("DwAAABYAAAC{}{version:08}", short_hash(id))
+}
+
+/// The fixed class id that starts every Exchange global object id.
+const GOID_CLASS: &str = "040000008200E00074C5B7101A82E008";
+
+/// A global object id as Exchange writes one in hex: the class id, four bytes of instance
+/// date (zero for a series or a single meeting), the creation time as a little-endian
+/// FILETIME, eight reserved bytes, then the length and bytes of an opaque part.
+fn global_object_id(item_id: &str, created_at: DateTime<Utc>) -> String {
+    // FILETIME counts 100 ns ticks since 1601-01-01.
+    const EPOCH_DIFF_SECS: i64 = 11_644_473_600;
+    let ticks = (created_at.timestamp() + EPOCH_DIFF_SECS)
+        .saturating_mul(10_000_000)
+        .saturating_add(i64::from(created_at.timestamp_subsec_nanos() / 100));
+    let filetime: String = ticks
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    format!(
+        "{GOID_CLASS}00000000{filetime}000000000000000010000000{:016X}{:016X}",
+        fnv64(item_id),
+        fnv64(&format!("{item_id}/uid"))
+    )
+}
+
+/// The global object id of one instance: the series' one with the instance date (year in
+/// two bytes, month, day) in place of the zeros.
+fn instance_uid(series_uid: &str, date: NaiveDate) -> String {
+    let (Some(class), Some(rest)) = (series_uid.get(..32), series_uid.get(40..)) else {
+        // Not a global object id: still give every instance its own id.
+        return format!("{series_uid}{}", date.format("%Y%m%d"));
+    };
+    format!(
+        "{class}{:04X}{:02X}{:02X}{rest}",
+        date.year().clamp(0, 0xffff),
+        date.month(),
+        date.day()
+    )
+}
+
+impl Item {
+    pub(crate) fn change_key(&self) -> String {
+        change_key(&self.id, self.version)
+    }
+
+    pub(crate) fn etag(&self) -> String {
+        format!("W/\"{}\"", self.change_key())
     }
 
     /// The item itself (a single meeting or a series master).
@@ -137,31 +284,108 @@ impl Item {
         } else {
             InstanceKind::Single
         };
-        self.instance(kind)
+        Instance {
+            id: self.id.clone(),
+            kind,
+            start: self.meeting.start,
+            end: self.meeting.end,
+            item: self.clone(),
+            slot: None,
+        }
     }
 
-    /// What a calendar view shows: the meeting, or every occurrence of the series.
-    pub(crate) fn expand(&self) -> Vec<Instance> {
-        let Some(recurrence) = self.recurrence else {
-            return vec![self.instance(InstanceKind::Single)];
+    /// Where occurrence `index` of the series starts and ends by the pattern.
+    fn pattern_times(&self, index: u32) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let recurrence = self.recurrence?;
+        let shift = recurrence.step() * i32::try_from(index).ok()?;
+        Some((self.meeting.start + shift, self.meeting.end + shift))
+    }
+
+    /// The start the pattern gives occurrence `index`.
+    pub(crate) fn original_start(&self, index: u32) -> Option<DateTime<Utc>> {
+        self.pattern_times(index).map(|(start, _)| start)
+    }
+
+    /// Occurrence `index` as it stands now; `None` beyond the series or once deleted.
+    pub(crate) fn occurrence(&self, index: u32) -> Option<Instance> {
+        let recurrence = self.recurrence?;
+        if index >= recurrence.count() || self.deleted_occurrences.contains(&index) {
+            return None;
+        }
+        let (original_start, original_end) = self.pattern_times(index)?;
+        let exception = self.exceptions.get(&index).cloned();
+        let (start, end, kind) = match &exception {
+            Some(e) => (e.start, e.end, InstanceKind::Exception),
+            None => (original_start, original_end, InstanceKind::Occurrence),
         };
-        (0..recurrence.count())
-            .map(|i| {
-                let shift = recurrence.step() * i32::try_from(i).unwrap_or(i32::MAX);
-                Instance {
-                    id: occurrence_id(&self.id, i),
-                    kind: InstanceKind::Occurrence,
-                    start: self.meeting.start + shift,
-                    end: self.meeting.end + shift,
-                    item: self.clone(),
-                }
-            })
-            .collect()
+        Some(Instance {
+            id: occurrence_id(&self.id, index),
+            kind,
+            start,
+            end,
+            item: self.clone(),
+            slot: Some(Slot {
+                index,
+                original_start,
+                exception,
+            }),
+        })
+    }
+
+    /// What a calendar view shows: the meeting, or every live occurrence of the series.
+    pub(crate) fn expand(&self) -> Vec<Instance> {
+        match self.recurrence {
+            None => vec![self.as_instance()],
+            Some(r) => (0..r.count()).filter_map(|i| self.occurrence(i)).collect(),
+        }
+    }
+
+    /// The date of the last occurrence the pattern allows (deleted or not).
+    pub(crate) fn last_pattern_date(&self) -> Option<NaiveDate> {
+        let count = self.recurrence?.count();
+        self.original_start(count.checked_sub(1)?)
+            .map(|at| at.date_naive())
+    }
+
+    /// The live occurrence `index`, or why there is none.
+    fn live_occurrence(&self, index: u32) -> Result<Instance, SimError> {
+        if self.recurrence.is_none() {
+            return Err(SimError::InvalidMeeting(format!(
+                "{} is not a series master",
+                self.id
+            )));
+        }
+        self.occurrence(index).ok_or_else(|| {
+            SimError::UnknownItem(format!("occurrence {index} of series {}", self.id))
+        })
     }
 }
 
-fn occurrence_id(master: &str, index: u32) -> String {
+/// The English name of a date's weekday, as EWS `DaysOfWeek` writes it.
+pub(crate) fn weekday_name(date: NaiveDate) -> &'static str {
+    match date.weekday() {
+        Weekday::Mon => "Monday",
+        Weekday::Tue => "Tuesday",
+        Weekday::Wed => "Wednesday",
+        Weekday::Thu => "Thursday",
+        Weekday::Fri => "Friday",
+        Weekday::Sat => "Saturday",
+        Weekday::Sun => "Sunday",
+    }
+}
+
+/// The id of occurrence `index` of a series: stable whatever happens to the occurrence.
+pub(crate) fn occurrence_id(master: &str, index: u32) -> String {
     format!("{master}OCC{index:04}")
+}
+
+/// The master id and index an occurrence id is made of.
+pub(crate) fn parse_occurrence_id(id: &str) -> Option<(&str, u32)> {
+    let (master, index) = id.rsplit_once("OCC")?;
+    if index.len() != 4 || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((master, index.parse().ok()?))
 }
 
 /// FNV-1a: a stable, non-cryptographic digest used to make ids look opaque.
@@ -203,11 +427,31 @@ impl ChangeKind {
     }
 }
 
+/// What a change touched: a whole item, or some occurrences of a series only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Touched {
+    Item,
+    Occurrences(Vec<u32>),
+}
+
 /// One entry of a room's change log.
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
     pub(crate) seq: u64,
     pub(crate) item_id: String,
+    pub(crate) touched: Touched,
+}
+
+/// Everything that happened to one item after some point of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Changed {
+    pub(crate) item_id: String,
+    /// The latest change's sequence number.
+    pub(crate) seq: u64,
+    /// Whether some change touched the whole item.
+    pub(crate) whole: bool,
+    /// The occurrences that changed on their own (moved, cancelled, deleted, cut off).
+    pub(crate) occurrences: BTreeSet<u32>,
 }
 
 /// What an EWS event points at.
@@ -278,26 +522,38 @@ impl Room {
         if let Some(item) = self.items.get(id) {
             return Some(item.as_instance());
         }
-        let (master, _) = id.rsplit_once("OCC")?;
-        self.items
-            .get(master)?
-            .expand()
-            .into_iter()
-            .find(|i| i.id == id)
+        let (master, index) = parse_occurrence_id(id)?;
+        self.items.get(master)?.occurrence(index)
     }
 
-    /// The item ids changed after `seq`, each once, ordered by their latest change,
-    /// with that change's sequence number.
-    pub(crate) fn changed_since(&self, seq: u64) -> Vec<(String, u64)> {
-        let mut latest: BTreeMap<&str, u64> = BTreeMap::new();
+    /// Whether `id` names an occurrence that was deleted from its (still existing) series.
+    pub(crate) fn is_deleted_occurrence(&self, id: &str) -> bool {
+        parse_occurrence_id(id).is_some_and(|(master, index)| {
+            self.items.get(master).is_some_and(|m| {
+                m.deleted_occurrences.contains(&index)
+                    && m.recurrence.is_some_and(|r| index < r.count())
+            })
+        })
+    }
+
+    /// The items changed after `seq`, each once, ordered by their latest change.
+    pub(crate) fn changed_since(&self, seq: u64) -> Vec<Changed> {
+        let mut latest: BTreeMap<&str, Changed> = BTreeMap::new();
         for c in self.changes.iter().filter(|c| c.seq > seq) {
-            latest.insert(&c.item_id, c.seq);
+            let entry = latest.entry(&c.item_id).or_insert_with(|| Changed {
+                item_id: c.item_id.clone(),
+                seq: c.seq,
+                whole: false,
+                occurrences: BTreeSet::new(),
+            });
+            entry.seq = c.seq;
+            match &c.touched {
+                Touched::Item => entry.whole = true,
+                Touched::Occurrences(list) => entry.occurrences.extend(list.iter().copied()),
+            }
         }
-        let mut out: Vec<(String, u64)> = latest
-            .into_iter()
-            .map(|(id, s)| (id.to_owned(), s))
-            .collect();
-        out.sort_by_key(|(_, s)| *s);
+        let mut out: Vec<Changed> = latest.into_values().collect();
+        out.sort_by_key(|c| c.seq);
         out
     }
 }
@@ -382,7 +638,7 @@ impl Calendars {
         )
     }
 
-    fn log(&mut self, room: &str, item: &Item, ews: &[(EventKind, EwsTarget)]) {
+    fn log(&mut self, room: &str, item: &Item, touched: Touched, ews: &[(EventKind, EwsTarget)]) {
         self.seq += 1;
         let seq = self.seq;
         let mut positions = Vec::with_capacity(ews.len());
@@ -395,6 +651,7 @@ impl Calendars {
             r.changes.push(Change {
                 seq,
                 item_id: item.id.clone(),
+                touched,
             });
             for ((event_kind, target), pos) in ews.iter().zip(positions) {
                 r.ews_log.push(EwsLogEvent {
@@ -434,15 +691,19 @@ impl Calendars {
         let id = self.new_item_id();
         let now = Utc::now();
         let item = Item {
-            uid: format!("040000008200E00074C5B7101A82E008{}", short_hash(&id)),
+            uid: global_object_id(&id, now),
             id: id.clone(),
             meeting,
             recurrence,
             cancelled: false,
             version: 1,
+            sequence: 0,
             created_seq: self.seq + 1,
             created_at: now,
             modified_at: now,
+            exceptions: BTreeMap::new(),
+            deleted_occurrences: BTreeSet::new(),
+            ends_by_date: false,
         };
         self.room_mut(room)?.items.insert(id, item.clone());
         // Exchange reports a new booking as a creation followed by a modification
@@ -453,7 +714,7 @@ impl Calendars {
             (EventKind::Modified, Self::item_target(&item)),
             (EventKind::Modified, EwsTarget::Folder),
         ];
-        self.log(room, &item, &ews);
+        self.log(room, &item, Touched::Item, &ews);
         Ok(Applied {
             room: Self::key(room),
             kind: ChangeKind::Created,
@@ -461,32 +722,159 @@ impl Calendars {
         })
     }
 
-    /// Changes an item in place and logs an update.
+    /// Changes a whole item in place and logs an update.
     pub(crate) fn update(
         &mut self,
         room: &str,
         id: &str,
         change: impl FnOnce(&mut Item) -> Result<(), SimError>,
     ) -> Result<Applied, SimError> {
+        self.update_touching(room, id, |item| {
+            change(item)?;
+            item.sequence += 1;
+            Ok(Touched::Item)
+        })
+    }
+
+    /// Changes an item in place and logs an update of what `change` says it touched. A
+    /// change that fails leaves the item as it was. Whatever part of a series changes,
+    /// Exchange reports the master as modified (EWS `ModifiedEvent`, Graph `updated`).
+    fn update_touching(
+        &mut self,
+        room: &str,
+        id: &str,
+        change: impl FnOnce(&mut Item) -> Result<Touched, SimError>,
+    ) -> Result<Applied, SimError> {
         let r = self.room_mut(room)?;
-        let item = r
+        let stored = r
             .items
             .get_mut(id)
             .ok_or_else(|| SimError::UnknownItem(id.to_owned()))?;
-        change(item)?;
+        let mut item = stored.clone();
+        let touched = change(&mut item)?;
         validate(&item.meeting)?;
         item.version += 1;
         item.modified_at = Utc::now();
-        let item = item.clone();
+        *stored = item.clone();
         let ews = [
             (EventKind::Modified, Self::item_target(&item)),
             (EventKind::Modified, EwsTarget::Folder),
         ];
-        self.log(room, &item, &ews);
+        self.log(room, &item, touched, &ews);
         Ok(Applied {
             room: Self::key(room),
             kind: ChangeKind::Updated,
             item,
+        })
+    }
+
+    /// Turns occurrence `index` of a series into an exception at a new time; returns the
+    /// change and the occurrence's (unchanged) id.
+    pub(crate) fn move_occurrence(
+        &mut self,
+        room: &str,
+        master: &str,
+        index: u32,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<(Applied, String), SimError> {
+        if end <= start {
+            return Err(SimError::InvalidMeeting(
+                "a meeting must end after it starts".to_owned(),
+            ));
+        }
+        let mut id = String::new();
+        let applied = self.update_touching(room, master, |item| {
+            let occurrence = item.live_occurrence(index)?;
+            check_no_crossing(item, index, start)?;
+            id = occurrence.id;
+            let now = Utc::now();
+            let exception = item.exceptions.entry(index).or_insert_with(|| Exception {
+                start: occurrence.start,
+                end: occurrence.end,
+                cancelled: false,
+                version: 0,
+                modified_at: now,
+            });
+            exception.start = start;
+            exception.end = end;
+            exception.version += 1;
+            exception.modified_at = now;
+            Ok(Touched::Occurrences(vec![index]))
+        })?;
+        Ok((applied, id))
+    }
+
+    /// Cancels occurrence `index` alone: it stays in the calendar as a cancelled exception.
+    pub(crate) fn cancel_occurrence(
+        &mut self,
+        room: &str,
+        master: &str,
+        index: u32,
+    ) -> Result<(Applied, String), SimError> {
+        let mut id = String::new();
+        let applied = self.update_touching(room, master, |item| {
+            let occurrence = item.live_occurrence(index)?;
+            id = occurrence.id;
+            let now = Utc::now();
+            let exception = item.exceptions.entry(index).or_insert_with(|| Exception {
+                start: occurrence.start,
+                end: occurrence.end,
+                cancelled: false,
+                version: 0,
+                modified_at: now,
+            });
+            exception.cancelled = true;
+            exception.version += 1;
+            exception.modified_at = now;
+            Ok(Touched::Occurrences(vec![index]))
+        })?;
+        Ok((applied, id))
+    }
+
+    /// Removes occurrence `index` from its series (it joins the master's deleted
+    /// occurrences); returns the change and the id the occurrence had.
+    pub(crate) fn delete_occurrence(
+        &mut self,
+        room: &str,
+        master: &str,
+        index: u32,
+    ) -> Result<(Applied, String), SimError> {
+        let mut id = String::new();
+        let applied = self.update_touching(room, master, |item| {
+            id = item.live_occurrence(index)?.id;
+            item.exceptions.remove(&index);
+            item.deleted_occurrences.insert(index);
+            Ok(Touched::Occurrences(vec![index]))
+        })?;
+        Ok((applied, id))
+    }
+
+    /// Cuts a series to its first `count` occurrences, as setting an earlier end date does:
+    /// the later ones (exceptions included) are gone, and the range now ends on a date.
+    pub(crate) fn end_series(
+        &mut self,
+        room: &str,
+        master: &str,
+        count: u32,
+    ) -> Result<Applied, SimError> {
+        self.update_touching(room, master, |item| {
+            let Some(recurrence) = item.recurrence else {
+                return Err(SimError::InvalidMeeting(format!(
+                    "{master} is not a series master"
+                )));
+            };
+            let before = recurrence.count();
+            if count == 0 || count > before {
+                return Err(SimError::InvalidMeeting(format!(
+                    "the series has {before} occurrences; it can be cut to 1..={before}"
+                )));
+            }
+            item.recurrence = Some(recurrence.with_count(count));
+            item.ends_by_date = true;
+            item.exceptions.retain(|i, _| *i < count);
+            item.deleted_occurrences.retain(|i| *i < count);
+            Ok(Touched::Occurrences((count..before).collect()))
         })
     }
 
@@ -513,6 +901,7 @@ impl Calendars {
         self.log(
             room,
             &item,
+            Touched::Item,
             &[first, (EventKind::Modified, EwsTarget::Folder)],
         );
         if moved_id.is_some()
@@ -531,6 +920,28 @@ impl Calendars {
             item,
         })
     }
+}
+
+/// Exchange refuses to move an occurrence onto or past the start of a neighbouring one
+/// (`ErrorOccurrenceCrossingBoundary`): the series' order must hold.
+fn check_no_crossing(item: &Item, index: u32, start: DateTime<Utc>) -> Result<(), SimError> {
+    let live = item.expand();
+    let before = live
+        .iter()
+        .filter_map(|i| i.slot.as_ref().map(|s| (s.index, i.start)))
+        .rfind(|(i, _)| *i < index);
+    let after = live
+        .iter()
+        .filter_map(|i| i.slot.as_ref().map(|s| (s.index, i.start)))
+        .find(|(i, _)| *i > index);
+    let crosses =
+        before.is_some_and(|(_, at)| start <= at) || after.is_some_and(|(_, at)| start >= at);
+    if crosses {
+        return Err(SimError::InvalidMeeting(format!(
+            "occurrence {index} cannot be moved onto or past a neighbouring occurrence"
+        )));
+    }
+    Ok(())
 }
 
 fn validate(m: &Meeting) -> Result<(), SimError> {
@@ -588,10 +999,11 @@ mod tests {
         assert_eq!(
             changed
                 .iter()
-                .map(|(id, _)| id.as_str())
+                .map(|c| c.item_id.as_str())
                 .collect::<Vec<_>>(),
             [a.as_str(), b.as_str()]
         );
+        assert!(changed.iter().all(|c| c.whole));
     }
 
     #[test]
@@ -611,6 +1023,103 @@ mod tests {
         assert_eq!(a.user(&id.to_ascii_uppercase()).unwrap().address, "a@x");
         assert_eq!(a.user("A@X").unwrap().address, "a@x");
         assert!(a.user("c@x").is_none());
+    }
+
+    fn series(cal: &mut Calendars, count: u32) -> String {
+        cal.create("r@x", meeting(9), Some(Recurrence::Daily { count }))
+            .unwrap()
+            .item
+            .id
+    }
+
+    #[test]
+    fn a_moved_occurrence_becomes_an_exception_with_its_original_start() {
+        let mut cal = Calendars::new(1, &[]);
+        let master = series(&mut cal, 3);
+        let new_start = Utc.with_ymd_and_hms(2026, 3, 3, 15, 0, 0).unwrap();
+        let (_, id) = cal
+            .move_occurrence("r@x", &master, 1, new_start, new_start + Duration::hours(1))
+            .unwrap();
+        assert_eq!(id, occurrence_id(&master, 1));
+        let inst = cal.room("r@x").unwrap().instance(&id).unwrap();
+        assert_eq!(inst.kind, InstanceKind::Exception);
+        assert_eq!(inst.start, new_start);
+        assert_eq!(
+            inst.original_start(),
+            Some(Utc.with_ymd_and_hms(2026, 3, 3, 9, 0, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn occurrence_uids_carry_their_original_date_in_the_series_global_object_id() {
+        let mut cal = Calendars::new(1, &[]);
+        let master = series(&mut cal, 2);
+        let item = cal.room("r@x").unwrap().items[&master].clone();
+        assert!(item.uid.starts_with(GOID_CLASS));
+        assert_eq!(item.uid.get(32..40), Some("00000000"));
+        let second = item.occurrence(1).unwrap();
+        let uid = second.ical_uid();
+        // 2026-03-03: 0x07EA, 3, 3.
+        assert_eq!(uid.get(32..40), Some("07EA0303"));
+        assert_eq!(uid.get(..32), item.uid.get(..32));
+        assert_eq!(uid.get(40..), item.uid.get(40..));
+        assert_eq!(item.as_instance().ical_uid(), item.uid);
+    }
+
+    #[test]
+    fn a_refused_change_leaves_the_item_as_it_was() {
+        let mut cal = Calendars::new(1, &[]);
+        let id = cal.create("r@x", meeting(9), None).unwrap().item.id;
+        let seq = cal.seq;
+        let refused = cal.update("r@x", &id, |item| {
+            item.meeting.end = item.meeting.start;
+            Ok(())
+        });
+        assert!(matches!(refused, Err(SimError::InvalidMeeting(_))));
+        let item = &cal.room("r@x").unwrap().items[&id];
+        assert_eq!(item.meeting, meeting(9));
+        assert_eq!(item.version, 1);
+        assert_eq!(cal.seq, seq);
+    }
+
+    #[test]
+    fn changed_since_gathers_the_occurrences_a_series_changed_in() {
+        let mut cal = Calendars::new(1, &[]);
+        let master = series(&mut cal, 5);
+        let before = cal.seq;
+        cal.cancel_occurrence("r@x", &master, 0).unwrap();
+        cal.delete_occurrence("r@x", &master, 2).unwrap();
+        cal.end_series("r@x", &master, 4).unwrap();
+        let changed = cal.room("r@x").unwrap().changed_since(before);
+        assert_eq!(changed.len(), 1);
+        assert!(!changed[0].whole);
+        assert_eq!(
+            changed[0].occurrences.iter().copied().collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+    }
+
+    #[test]
+    fn ending_a_series_forgets_the_exceptions_and_deletions_beyond_its_new_end() {
+        let mut cal = Calendars::new(1, &[]);
+        let master = series(&mut cal, 5);
+        cal.cancel_occurrence("r@x", &master, 4).unwrap();
+        cal.delete_occurrence("r@x", &master, 3).unwrap();
+        cal.delete_occurrence("r@x", &master, 1).unwrap();
+        let applied = cal.end_series("r@x", &master, 3).unwrap();
+        let item = applied.item;
+        assert_eq!(item.recurrence, Some(Recurrence::Daily { count: 3 }));
+        assert!(item.ends_by_date);
+        assert!(item.exceptions.is_empty());
+        assert_eq!(
+            item.deleted_occurrences.iter().copied().collect::<Vec<_>>(),
+            [1]
+        );
+        assert_eq!(item.expand().len(), 2);
+        assert_eq!(
+            item.last_pattern_date(),
+            NaiveDate::from_ymd_opt(2026, 3, 4)
+        );
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //! | `POST /_sim/rooms/{room}/meetings` | a [`Meeting`] → `201 {"id"}` |
 //! | `PATCH /_sim/rooms/{room}/meetings/{id}` | `{"start","end"}` or `{"cancel":true}` |
 //! | `DELETE /_sim/rooms/{room}/meetings/{id}[?soft=true]` | `204` (hard delete, or move to Deleted Items) |
-//! | `POST /_sim/rooms/{room}/series` | a [`Meeting`] plus `"recurrence":{"pattern":"daily"\|"weekly","count":N}` |
+//! | `POST /_sim/rooms/{room}/series` | a [`Meeting`] plus `"recurrence":{"pattern":"daily"\|"weekly","count":N}` → `201 {"id"}` |
+//! | `GET /_sim/rooms/{room}/series/{id}/occurrences` | `{"ids":[…]}`: the live occurrences and exceptions, in series order |
+//! | `PATCH /_sim/rooms/{room}/series/{id}/occurrences/{index}` | `{"start","end"}` (it becomes an exception) or `{"cancel":true}` → `{"id"}` |
+//! | `DELETE /_sim/rooms/{room}/series/{id}/occurrences/{index}` | `{"id"}`: the occurrence is deleted from the series |
+//! | `POST /_sim/rooms/{room}/series/{id}/end` | `{"count":N}` → `204`: the series keeps its first `N` occurrences |
 //! | `POST /_sim/faults` | a [`Fault`], e.g. `{"kind":"graphThrottle","count":2,"retryAfterSecs":5}` |
 //! | `POST /_sim/lifecycle` | `{"subscriptionId","lifecycleEvent":"missed"\|"subscriptionRemoved"\|"reauthorizationRequired"}` |
 //! | `GET /_sim/rooms` | every room as a [`RoomIdentity`]: its SMTP address and its Graph object id |
@@ -24,7 +28,7 @@
 //! | `duplicatePushes` | `count` | the next `count` delivered notifications are delivered twice |
 //! | `lifecycleEvent` | `subscriptionId`, `lifecycle` | a Graph lifecycle notification now, to the `lifecycleNotificationUrl` only |
 //! | `wrongTokens` | | every token issued so far is revoked |
-//! | `expireDeltaLinks` | | every delta and paging link answers `410 syncStateNotFound` |
+//! | `expireDeltaLinks` | | every delta and paging link answers `410 SyncStateNotFound` |
 //! | `forgetGraphSubscription` | `subscriptionId` | the Graph subscription disappears without a word; GET and PATCH then answer `404` |
 //! | `failValidation` | `count` | the next `count` validation handshakes fail whatever the callback answers: create and renew get `400 ValidationError` |
 //! | `dropEwsSubscription` | `subscriptionId` | the EWS push subscription dies silently (a mailbox-server failover): no status events, no notifications |
@@ -42,7 +46,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::calendar::{Applied, Meeting, Recurrence};
+use super::calendar::{Applied, Meeting, Recurrence, parse_occurrence_id};
 use super::oauth::TokenResource;
 use super::{AppState, Shared, SimError, json_response, push};
 
@@ -218,7 +222,7 @@ pub enum Fault {
     /// Revokes every token issued so far: the next Graph/EWS calls get 401 until a new
     /// token is fetched.
     WrongTokens,
-    /// Forgets every delta and paging link: their next use gets `410 syncStateNotFound`.
+    /// Forgets every delta and paging link: their next use gets `410 SyncStateNotFound`.
     ExpireDeltaLinks,
     /// The Graph subscription disappears without a lifecycle notification, as Graph
     /// sometimes loses one: GET and PATCH then answer `404 ResourceNotFound`.
@@ -307,7 +311,9 @@ impl Control {
         Ok(id)
     }
 
-    /// Moves a meeting (a series master moves every occurrence).
+    /// Moves a meeting (a series master moves every occurrence; exceptions keep their own
+    /// times). An occurrence id moves that occurrence alone, as
+    /// [`move_occurrence`](Self::move_occurrence) does.
     ///
     /// # Errors
     ///
@@ -319,6 +325,11 @@ impl Control {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<(), SimError> {
+        if let Some((master, index)) = self.occurrence_of(room, id) {
+            return self
+                .move_occurrence(room, &master, index, start, end)
+                .map(drop);
+        }
         let applied = self.shared.lock().cal.update(room, id, |item| {
             item.meeting.start = start;
             item.meeting.end = end;
@@ -329,12 +340,15 @@ impl Control {
     }
 
     /// Marks a meeting cancelled (the room keeps its copy, as with `RemoveCanceledMeetings`
-    /// off).
+    /// off); a series master cancels the whole series, an occurrence id that occurrence.
     ///
     /// # Errors
     ///
     /// Unknown room or item.
     pub fn cancel_meeting(&self, room: &str, id: &str) -> Result<(), SimError> {
+        if let Some((master, index)) = self.occurrence_of(room, id) {
+            return self.cancel_occurrence(room, &master, index).map(drop);
+        }
         let applied = self.shared.lock().cal.update(room, id, |item| {
             item.cancelled = true;
             Ok(())
@@ -343,12 +357,16 @@ impl Control {
         Ok(())
     }
 
-    /// Hard-deletes a meeting (EWS `DeletedEvent`, Graph `deleted`).
+    /// Hard-deletes a meeting (EWS `DeletedEvent`, Graph `deleted`); an occurrence id
+    /// deletes that occurrence from its series.
     ///
     /// # Errors
     ///
     /// Unknown room or item.
     pub fn delete_meeting(&self, room: &str, id: &str) -> Result<(), SimError> {
+        if let Some((master, index)) = self.occurrence_of(room, id) {
+            return self.delete_occurrence(room, &master, index).map(drop);
+        }
         let applied = self.shared.lock().cal.delete(room, id, false)?;
         self.applied(applied);
         Ok(())
@@ -363,6 +381,120 @@ impl Control {
         let applied = self.shared.lock().cal.delete(room, id, true)?;
         self.applied(applied);
         Ok(())
+    }
+
+    /// The series and index an id names when it is an occurrence id rather than an item.
+    fn occurrence_of(&self, room: &str, id: &str) -> Option<(String, u32)> {
+        let state = self.shared.lock();
+        let r = state.cal.room(room)?;
+        if r.items.contains_key(id) {
+            return None;
+        }
+        let (master, index) = parse_occurrence_id(id)?;
+        r.items
+            .contains_key(master)
+            .then(|| (master.to_owned(), index))
+    }
+
+    /// Moves occurrence `index` (0-based) of a series: it becomes an exception at the new
+    /// time and keeps its id, which is returned. Notified as a change of the master.
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or series, an index beyond the series or deleted, an end before the
+    /// start, or a start on or past a neighbouring occurrence's (which Exchange refuses).
+    pub fn move_occurrence(
+        &self,
+        room: &str,
+        master_id: &str,
+        index: u32,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<String, SimError> {
+        let (applied, id) = self
+            .shared
+            .lock()
+            .cal
+            .move_occurrence(room, master_id, index, start, end)?;
+        self.applied(applied);
+        Ok(id)
+    }
+
+    /// Cancels occurrence `index` alone: the room keeps it as an exception with
+    /// `IsCancelled`/`isCancelled` set. Returns its id.
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or series, or an index beyond the series or deleted.
+    pub fn cancel_occurrence(
+        &self,
+        room: &str,
+        master_id: &str,
+        index: u32,
+    ) -> Result<String, SimError> {
+        let (applied, id) = self
+            .shared
+            .lock()
+            .cal
+            .cancel_occurrence(room, master_id, index)?;
+        self.applied(applied);
+        Ok(id)
+    }
+
+    /// Deletes occurrence `index` from its series (EWS `DeletedOccurrences`; Graph delta
+    /// reports it under `@removed`). Returns the id it had.
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or series, or an index beyond the series or already deleted.
+    pub fn delete_occurrence(
+        &self,
+        room: &str,
+        master_id: &str,
+        index: u32,
+    ) -> Result<String, SimError> {
+        let (applied, id) = self
+            .shared
+            .lock()
+            .cal
+            .delete_occurrence(room, master_id, index)?;
+        self.applied(applied);
+        Ok(id)
+    }
+
+    /// Cuts a series to its first `count` occurrences; the later ones disappear (Graph
+    /// delta reports them under `@removed`) and the range now ends on a date.
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or series, or a `count` of 0 or beyond the series.
+    pub fn end_series(&self, room: &str, master_id: &str, count: u32) -> Result<(), SimError> {
+        let applied = self.shared.lock().cal.end_series(room, master_id, count)?;
+        self.applied(applied);
+        Ok(())
+    }
+
+    /// The ids of a series' current occurrences and exceptions, in series order (deleted
+    /// ones left out).
+    ///
+    /// # Errors
+    ///
+    /// Unknown room or series, or an item that is not a series master.
+    pub fn occurrence_ids(&self, room: &str, master_id: &str) -> Result<Vec<String>, SimError> {
+        let state = self.shared.lock();
+        let item = state
+            .cal
+            .room(room)
+            .ok_or_else(|| SimError::UnknownRoom(room.to_owned()))?
+            .items
+            .get(master_id)
+            .ok_or_else(|| SimError::UnknownItem(master_id.to_owned()))?;
+        if item.recurrence.is_none() {
+            return Err(SimError::InvalidMeeting(format!(
+                "{master_id} is not a series master"
+            )));
+        }
+        Ok(item.expand().into_iter().map(|i| i.id).collect())
     }
 
     /// Injects a fault.
@@ -413,10 +545,7 @@ impl Control {
             Fault::FailPushes { count } => state.faults.fail_pushes = count,
             Fault::DuplicatePushes { count } => state.faults.duplicate_pushes = count,
             Fault::WrongTokens => state.tokens.clear(),
-            Fault::ExpireDeltaLinks => {
-                state.delta_links.clear();
-                state.pages.clear();
-            }
+            Fault::ExpireDeltaLinks => state.delta.expire_all(),
             Fault::LifecycleEvent {
                 subscription_id,
                 lifecycle,
@@ -509,6 +638,15 @@ pub(crate) fn routes() -> Router<AppState> {
             patch(http_update).delete(http_delete),
         )
         .route("/_sim/rooms/{room}/series", post(http_series))
+        .route(
+            "/_sim/rooms/{room}/series/{id}/occurrences",
+            get(http_occurrences),
+        )
+        .route(
+            "/_sim/rooms/{room}/series/{id}/occurrences/{index}",
+            patch(http_update_occurrence).delete(http_delete_occurrence),
+        )
+        .route("/_sim/rooms/{room}/series/{id}/end", post(http_end_series))
         .route("/_sim/faults", post(http_fault))
         .route("/_sim/lifecycle", post(http_lifecycle))
         .route("/_sim/rooms", get(http_rooms))
@@ -588,6 +726,64 @@ async fn http_update(
     };
     match result {
         Ok(()) => json_response(StatusCode::OK, &json!({ "id": id })),
+        Err(e) => sim_error(&e),
+    }
+}
+
+async fn http_occurrences(
+    State(shared): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+) -> Response {
+    match control(shared).occurrence_ids(&room, &id) {
+        Ok(ids) => json_response(StatusCode::OK, &json!({ "ids": ids })),
+        Err(e) => sim_error(&e),
+    }
+}
+
+async fn http_update_occurrence(
+    State(shared): State<AppState>,
+    Path((room, id, index)): Path<(String, String, u32)>,
+    Json(body): Json<UpdateBody>,
+) -> Response {
+    let c = control(shared);
+    let result = match (body.start, body.end, body.cancel) {
+        (_, _, true) => c.cancel_occurrence(&room, &id, index),
+        (Some(start), Some(end), false) => c.move_occurrence(&room, &id, index, start, end),
+        _ => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": "give start and end, or cancel: true" }),
+            );
+        }
+    };
+    match result {
+        Ok(occurrence) => json_response(StatusCode::OK, &json!({ "id": occurrence })),
+        Err(e) => sim_error(&e),
+    }
+}
+
+async fn http_delete_occurrence(
+    State(shared): State<AppState>,
+    Path((room, id, index)): Path<(String, String, u32)>,
+) -> Response {
+    match control(shared).delete_occurrence(&room, &id, index) {
+        Ok(occurrence) => json_response(StatusCode::OK, &json!({ "id": occurrence })),
+        Err(e) => sim_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EndBody {
+    count: u32,
+}
+
+async fn http_end_series(
+    State(shared): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    Json(body): Json<EndBody>,
+) -> Response {
+    match control(shared).end_series(&room, &id, body.count) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => sim_error(&e),
     }
 }

@@ -12,6 +12,17 @@
 //! delegate access, which push subscriptions refuse. Items belong to their room: `GetItem`
 //! finds only the impersonated room's.
 //!
+//! Items are written in the shape the request asks for, as Exchange does: `IdOnly` gives the
+//! `ItemId` and only the properties listed in `AdditionalProperties`; `Default` gives the
+//! usual calendar properties and `AllProperties` adds the series' recurrence and its
+//! first, last, modified and deleted occurrences. `FindItem` gives the organizer's name but
+//! never its address, and none of those series properties, whatever the shape.
+//!
+//! Series follow Exchange's model: occurrences share the series `UID`, carry their
+//! `RecurrenceId` (and exceptions their `OriginalStart`), keep their id when they become
+//! exceptions, and `SyncFolderItems` reports only the master when any part of a series
+//! changes.
+//!
 //! Watermarks and sync states are opaque strings that encode the room and a position in the
 //! change log, so any watermark the simulator never issued (or issued for another room) is
 //! refused the way Exchange refuses one from another mailbox database. Watermarks also carry
@@ -28,7 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use super::calendar::{EwsLogEvent, EwsTarget, Instance, InstanceKind, Room};
+use super::calendar::{EwsLogEvent, EwsTarget, Instance, InstanceKind, Item, Room, weekday_name};
 use super::control::{EwsEnd, EwsSubscriptionSnapshot};
 use super::oauth::TokenResource;
 use super::{AppState, BearerCheck, Shared, check_bearer, ews_datetime, push};
@@ -606,52 +617,397 @@ fn subscribe(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
     )
 }
 
-/// A `t:CalendarItem` with the properties a room reservation needs.
-fn calendar_item(room: &Room, inst: &Instance) -> String {
-    let item = &inst.item;
-    let m = &item.meeting;
-    let recurrence_id = if inst.kind == InstanceKind::Occurrence {
+/// The shape's base: which properties come without being listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BaseShape {
+    IdOnly,
+    Default,
+    AllProperties,
+}
+
+/// A calendar item property an `ItemShape` can name, by its `FieldURI`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prop {
+    ParentFolderId,
+    ItemClass,
+    Subject,
+    DateTimeCreated,
+    LastModifiedTime,
+    Uid,
+    RecurrenceId,
+    Start,
+    End,
+    OriginalStart,
+    IsAllDayEvent,
+    LegacyFreeBusyStatus,
+    Location,
+    IsMeeting,
+    IsCancelled,
+    IsRecurring,
+    CalendarItemType,
+    Organizer,
+    AppointmentSequenceNumber,
+    Recurrence,
+    FirstOccurrence,
+    LastOccurrence,
+    ModifiedOccurrences,
+    DeletedOccurrences,
+}
+
+/// Every property the simulator writes, with its `FieldURI`.
+const PROPS: [(Prop, &str); 24] = [
+    (Prop::ParentFolderId, "item:ParentFolderId"),
+    (Prop::ItemClass, "item:ItemClass"),
+    (Prop::Subject, "item:Subject"),
+    (Prop::DateTimeCreated, "item:DateTimeCreated"),
+    (Prop::LastModifiedTime, "item:LastModifiedTime"),
+    (Prop::Uid, "calendar:UID"),
+    (Prop::RecurrenceId, "calendar:RecurrenceId"),
+    (Prop::Start, "calendar:Start"),
+    (Prop::End, "calendar:End"),
+    (Prop::OriginalStart, "calendar:OriginalStart"),
+    (Prop::IsAllDayEvent, "calendar:IsAllDayEvent"),
+    (Prop::LegacyFreeBusyStatus, "calendar:LegacyFreeBusyStatus"),
+    (Prop::Location, "calendar:Location"),
+    (Prop::IsMeeting, "calendar:IsMeeting"),
+    (Prop::IsCancelled, "calendar:IsCancelled"),
+    (Prop::IsRecurring, "calendar:IsRecurring"),
+    (Prop::CalendarItemType, "calendar:CalendarItemType"),
+    (Prop::Organizer, "calendar:Organizer"),
+    (
+        Prop::AppointmentSequenceNumber,
+        "calendar:AppointmentSequenceNumber",
+    ),
+    (Prop::Recurrence, "calendar:Recurrence"),
+    (Prop::FirstOccurrence, "calendar:FirstOccurrence"),
+    (Prop::LastOccurrence, "calendar:LastOccurrence"),
+    (Prop::ModifiedOccurrences, "calendar:ModifiedOccurrences"),
+    (Prop::DeletedOccurrences, "calendar:DeletedOccurrences"),
+];
+
+impl Prop {
+    fn from_field_uri(uri: &str) -> Option<Self> {
+        PROPS.iter().find(|(_, u)| *u == uri).map(|(p, _)| *p)
+    }
+
+    /// The series properties a master computes from its recurrence: only `AllProperties`
+    /// or naming them brings them, and `FindItem` never returns them.
+    fn of_series(self) -> bool {
+        matches!(
+            self,
+            Self::Recurrence
+                | Self::FirstOccurrence
+                | Self::LastOccurrence
+                | Self::ModifiedOccurrences
+                | Self::DeletedOccurrences
+        )
+    }
+}
+
+/// What a request's `ItemShape` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shape {
+    base: BaseShape,
+    /// The known properties named in `AdditionalProperties` (others are left out).
+    additional: Vec<Prop>,
+}
+
+impl Shape {
+    fn wants(&self, prop: Prop) -> bool {
+        match self.base {
+            BaseShape::AllProperties => true,
+            BaseShape::Default => !prop.of_series() || self.additional.contains(&prop),
+            BaseShape::IdOnly => self.additional.contains(&prop),
+        }
+    }
+}
+
+/// The first child in namespace `ns` with this local name.
+fn child_in<'a>(node: &'a Node, ns: Ns, local: &str) -> Option<&'a Node> {
+    node.children
+        .iter()
+        .find(|c| c.ns == ns && c.local == local)
+}
+
+/// The `ItemShape` of an operation; `Err` holds the schema-validation fault Exchange
+/// answers a request without one (or with an unknown `BaseShape`) with.
+fn item_shape(op: &Node) -> Result<Shape, Box<Response>> {
+    let invalid = |what: String| {
+        Box::new(soap_fault(
+            "ErrorSchemaValidation",
+            &format!("The request failed schema validation: {what}"),
+            "",
+        ))
+    };
+    let Some(shape) = child_in(op, Ns::Messages, "ItemShape") else {
+        return Err(invalid(format!(
+            "The element '{}' in namespace '{NS_MESSAGES}' has incomplete content. List of possible elements expected: 'ItemShape' in namespace '{NS_MESSAGES}'.",
+            op.local
+        )));
+    };
+    let base = match child_in(shape, Ns::Types, "BaseShape").map(|b| b.text.as_str()) {
+        Some("IdOnly") => BaseShape::IdOnly,
+        Some("Default") => BaseShape::Default,
+        Some("AllProperties") => BaseShape::AllProperties,
+        Some(other) => {
+            return Err(invalid(format!(
+                "The '{NS_TYPES}:BaseShape' element is invalid - The value '{other}' is invalid according to its datatype '{NS_TYPES}:DefaultShapeNamesType' - The Enumeration constraint failed."
+            )));
+        }
+        None => {
+            return Err(invalid(format!(
+                "The element 'ItemShape' in namespace '{NS_MESSAGES}' has incomplete content. List of possible elements expected: 'BaseShape' in namespace '{NS_TYPES}'."
+            )));
+        }
+    };
+    let additional = child_in(shape, Ns::Types, "AdditionalProperties")
+        .into_iter()
+        .flat_map(|a| a.children.iter())
+        .filter(|f| f.ns == Ns::Types && f.local == "FieldURI")
+        .filter_map(|f| f.attr("FieldURI"))
+        .filter_map(Prop::from_field_uri)
+        .collect();
+    Ok(Shape { base, additional })
+}
+
+/// Which operation an item is written for: `FindItem` returns less than the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    GetItem,
+    FindItem,
+    SyncFolderItems,
+}
+
+/// `xs:date` as EWS writes a recurrence's dates, in UTC.
+fn ews_date(date: chrono::NaiveDate) -> String {
+    format!("{}Z", date.format("%Y-%m-%d"))
+}
+
+/// A master's `t:Recurrence`: the pattern, then the range.
+fn recurrence_xml(item: &Item) -> String {
+    let Some(r) = item.recurrence else {
+        return String::new();
+    };
+    let start = item.meeting.start.date_naive();
+    let pattern = if r.is_weekly() {
         format!(
-            "<t:RecurrenceId>{}</t:RecurrenceId>",
-            ews_datetime(inst.start)
+            "<t:WeeklyRecurrence><t:Interval>1</t:Interval><t:DaysOfWeek>{}</t:DaysOfWeek><t:FirstDayOfWeek>Sunday</t:FirstDayOfWeek></t:WeeklyRecurrence>",
+            weekday_name(start)
         )
     } else {
-        String::new()
+        "<t:DailyRecurrence><t:Interval>1</t:Interval></t:DailyRecurrence>".to_owned()
     };
-    format!(
-        concat!(
-            r#"<t:CalendarItem><t:ItemId Id="{id}" ChangeKey="{ck}"/><t:ParentFolderId Id="{folder}" ChangeKey="{fck}"/>"#,
-            "<t:ItemClass>IPM.Appointment</t:ItemClass><t:Subject>{subject}</t:Subject>",
-            "<t:DateTimeCreated>{created}</t:DateTimeCreated><t:LastModifiedTime>{modified}</t:LastModifiedTime>",
-            "<t:UID>{uid}</t:UID>{rid}<t:Start>{start}</t:Start><t:End>{end}</t:End>",
-            "<t:IsAllDayEvent>{all_day}</t:IsAllDayEvent><t:LegacyFreeBusyStatus>{fb}</t:LegacyFreeBusyStatus>",
-            "<t:Location>{location}</t:Location><t:IsMeeting>true</t:IsMeeting><t:IsCancelled>{cancelled}</t:IsCancelled>",
-            "<t:IsRecurring>{recurring}</t:IsRecurring><t:CalendarItemType>{kind}</t:CalendarItemType>",
-            "<t:Organizer><t:Mailbox><t:Name>{org}</t:Name><t:EmailAddress>{org}</t:EmailAddress>",
-            "<t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox></t:Organizer></t:CalendarItem>"
+    let range = match item.last_pattern_date() {
+        Some(last) if item.ends_by_date => format!(
+            "<t:EndDateRecurrence><t:StartDate>{}</t:StartDate><t:EndDate>{}</t:EndDate></t:EndDateRecurrence>",
+            ews_date(start),
+            ews_date(last)
         ),
-        id = esc(&inst.id),
-        ck = esc(&item.change_key()),
-        folder = esc(&room.calendar_folder_id()),
-        fck = FOLDER_CHANGE_KEY,
-        subject = esc(&m.subject),
-        created = ews_datetime(item.created_at),
-        modified = ews_datetime(item.modified_at),
-        uid = esc(&item.uid),
-        rid = recurrence_id,
-        start = ews_datetime(inst.start),
-        end = ews_datetime(inst.end),
-        all_day = m.is_all_day,
-        fb = if item.cancelled { "Free" } else { "Busy" },
-        location = esc(&m.location),
-        cancelled = item.cancelled,
-        recurring = inst.kind == InstanceKind::Occurrence,
-        kind = inst.kind.ews(),
-        org = esc(&m.organizer),
+        _ => format!(
+            "<t:NumberedRecurrence><t:StartDate>{}</t:StartDate><t:NumberOfOccurrences>{}</t:NumberOfOccurrences></t:NumberedRecurrence>",
+            ews_date(start),
+            r.count()
+        ),
+    };
+    format!("<t:Recurrence>{pattern}{range}</t:Recurrence>")
+}
+
+/// An `OccurrenceInfoType` body: id, times and original start.
+fn occurrence_info(name: &str, inst: &Instance) -> String {
+    format!(
+        r#"<t:{name}><t:ItemId Id="{}" ChangeKey="{}"/><t:Start>{}</t:Start><t:End>{}</t:End><t:OriginalStart>{}</t:OriginalStart></t:{name}>"#,
+        esc(&inst.id),
+        esc(&inst.change_key()),
+        ews_datetime(inst.start),
+        ews_datetime(inst.end),
+        ews_datetime(inst.original_start().unwrap_or(inst.start)),
     )
 }
 
+/// The master's computed series properties the shape asks for, in schema order.
+fn series_xml(item: &Item, shape: &Shape) -> String {
+    let mut out = String::new();
+    if item.recurrence.is_none() {
+        return out;
+    }
+    if shape.wants(Prop::Recurrence) {
+        out.push_str(&recurrence_xml(item));
+    }
+    let live = item.expand();
+    if shape.wants(Prop::FirstOccurrence)
+        && let Some(first) = live.first()
+    {
+        out.push_str(&occurrence_info("FirstOccurrence", first));
+    }
+    if shape.wants(Prop::LastOccurrence)
+        && let Some(last) = live.last()
+    {
+        out.push_str(&occurrence_info("LastOccurrence", last));
+    }
+    let modified: String = live
+        .iter()
+        .filter(|i| i.kind == InstanceKind::Exception)
+        .map(|i| occurrence_info("Occurrence", i))
+        .collect();
+    // Both lists are left out when empty: the schema does not allow them empty.
+    if shape.wants(Prop::ModifiedOccurrences) && !modified.is_empty() {
+        out.push_str(&format!(
+            "<t:ModifiedOccurrences>{modified}</t:ModifiedOccurrences>"
+        ));
+    }
+    if shape.wants(Prop::DeletedOccurrences) && !item.deleted_occurrences.is_empty() {
+        out.push_str("<t:DeletedOccurrences>");
+        for start in item
+            .deleted_occurrences
+            .iter()
+            .filter_map(|i| item.original_start(*i))
+        {
+            out.push_str(&format!(
+                "<t:DeletedOccurrence><t:Start>{}</t:Start></t:DeletedOccurrence>",
+                ews_datetime(start)
+            ));
+        }
+        out.push_str("</t:DeletedOccurrences>");
+    }
+    out
+}
+
+/// A `t:CalendarItem` with the properties `shape` asks for, in schema order.
+fn calendar_item(room: &Room, inst: &Instance, shape: &Shape, reader: Reader) -> String {
+    let item = &inst.item;
+    let m = &item.meeting;
+    let cancelled = inst.cancelled();
+    let mut out = format!(
+        r#"<t:CalendarItem><t:ItemId Id="{}" ChangeKey="{}"/>"#,
+        esc(&inst.id),
+        esc(&inst.change_key())
+    );
+    let mut put = |prop: Prop, value: &str| {
+        if shape.wants(prop) {
+            out.push_str(value);
+        }
+    };
+    put(
+        Prop::ParentFolderId,
+        &format!(
+            r#"<t:ParentFolderId Id="{}" ChangeKey="{FOLDER_CHANGE_KEY}"/>"#,
+            esc(&room.calendar_folder_id())
+        ),
+    );
+    put(
+        Prop::ItemClass,
+        "<t:ItemClass>IPM.Appointment</t:ItemClass>",
+    );
+    put(
+        Prop::Subject,
+        &format!("<t:Subject>{}</t:Subject>", esc(&m.subject)),
+    );
+    put(
+        Prop::DateTimeCreated,
+        &format!(
+            "<t:DateTimeCreated>{}</t:DateTimeCreated>",
+            ews_datetime(item.created_at)
+        ),
+    );
+    put(
+        Prop::LastModifiedTime,
+        &format!(
+            "<t:LastModifiedTime>{}</t:LastModifiedTime>",
+            ews_datetime(inst.modified_at())
+        ),
+    );
+    // Every instance of a series shares the series' UID in EWS.
+    put(Prop::Uid, &format!("<t:UID>{}</t:UID>", esc(&item.uid)));
+    if let Some(original) = inst.original_start() {
+        put(
+            Prop::RecurrenceId,
+            &format!(
+                "<t:RecurrenceId>{}</t:RecurrenceId>",
+                ews_datetime(original)
+            ),
+        );
+    }
+    put(
+        Prop::Start,
+        &format!("<t:Start>{}</t:Start>", ews_datetime(inst.start)),
+    );
+    put(
+        Prop::End,
+        &format!("<t:End>{}</t:End>", ews_datetime(inst.end)),
+    );
+    if inst.kind == InstanceKind::Exception
+        && let Some(original) = inst.original_start()
+    {
+        put(
+            Prop::OriginalStart,
+            &format!(
+                "<t:OriginalStart>{}</t:OriginalStart>",
+                ews_datetime(original)
+            ),
+        );
+    }
+    put(
+        Prop::IsAllDayEvent,
+        &format!("<t:IsAllDayEvent>{}</t:IsAllDayEvent>", m.is_all_day),
+    );
+    put(
+        Prop::LegacyFreeBusyStatus,
+        &format!(
+            "<t:LegacyFreeBusyStatus>{}</t:LegacyFreeBusyStatus>",
+            if cancelled { "Free" } else { "Busy" }
+        ),
+    );
+    put(
+        Prop::Location,
+        &format!("<t:Location>{}</t:Location>", esc(&m.location)),
+    );
+    put(Prop::IsMeeting, "<t:IsMeeting>true</t:IsMeeting>");
+    put(
+        Prop::IsCancelled,
+        &format!("<t:IsCancelled>{cancelled}</t:IsCancelled>"),
+    );
+    // Exchange reports IsRecurring for the instances of a series, not for its master.
+    put(
+        Prop::IsRecurring,
+        &format!("<t:IsRecurring>{}</t:IsRecurring>", inst.kind.in_series()),
+    );
+    put(
+        Prop::CalendarItemType,
+        &format!(
+            "<t:CalendarItemType>{}</t:CalendarItemType>",
+            inst.kind.ews()
+        ),
+    );
+    let name = esc(&super::graph::display_name(&m.organizer));
+    let organizer = if reader == Reader::FindItem {
+        // FindItem returns the organizer's name only, never its address.
+        format!("<t:Organizer><t:Mailbox><t:Name>{name}</t:Name></t:Mailbox></t:Organizer>")
+    } else {
+        format!(
+            "<t:Organizer><t:Mailbox><t:Name>{name}</t:Name><t:EmailAddress>{}</t:EmailAddress><t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox></t:Organizer>",
+            esc(&m.organizer)
+        )
+    };
+    put(Prop::Organizer, &organizer);
+    put(
+        Prop::AppointmentSequenceNumber,
+        &format!(
+            "<t:AppointmentSequenceNumber>{}</t:AppointmentSequenceNumber>",
+            inst.sequence()
+        ),
+    );
+    if inst.kind == InstanceKind::Master && reader != Reader::FindItem {
+        out.push_str(&series_xml(item, shape));
+    }
+    out.push_str("</t:CalendarItem>");
+    out
+}
+
 fn get_item(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
+    let shape = match item_shape(op) {
+        Ok(shape) => shape,
+        Err(fault) => return *fault,
+    };
     let state = shared.lock();
     // Items belong to their mailbox: only the impersonated room's are found.
     let room = who.mailbox.as_deref().and_then(|m| state.cal.room(m));
@@ -661,12 +1017,21 @@ fn get_item(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
         .into_iter()
         .flat_map(|n| n.children_named("ItemId"));
     for id in ids {
-        let found = room.and_then(|r| id.attr("Id").and_then(|i| r.instance(i)).map(|i| (r, i)));
+        let wanted = id.attr("Id").unwrap_or_default();
+        let found = room.and_then(|r| r.instance(wanted).map(|i| (r, i)));
         match found {
             Some((room, inst)) => {
                 messages.push_str(r#"<m:GetItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:Items>"#);
-                messages.push_str(&calendar_item(room, &inst));
+                messages.push_str(&calendar_item(room, &inst, &shape, Reader::GetItem));
                 messages.push_str("</m:Items></m:GetItemResponseMessage>");
+            }
+            None if room.is_some_and(|r| r.is_deleted_occurrence(wanted)) => {
+                messages.push_str(&error_message(
+                    "GetItem",
+                    "ErrorCalendarOccurrenceIsDeletedFromRecurrence",
+                    "Occurrence with this index was previously deleted from the recurrence.",
+                    "<m:Items/>",
+                ));
             }
             None => messages.push_str(&error_message(
                 "GetItem",
@@ -694,6 +1059,10 @@ fn parse_ews_time(text: &str) -> Option<DateTime<Utc>> {
 fn find_item(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
     let fail = |code: &str, text: &str| {
         operation_response("FindItem", &error_message("FindItem", code, text, ""))
+    };
+    let shape = match item_shape(op) {
+        Ok(shape) => shape,
+        Err(fault) => return *fault,
     };
     let room = match who.target(op.path(&["ParentFolderIds", "DistinguishedFolderId"])) {
         Target::Own(room) => room,
@@ -754,7 +1123,7 @@ fn find_item(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
     let items: String = instances
         .iter()
         .take(max)
-        .map(|i| calendar_item(r, i))
+        .map(|i| calendar_item(r, i, &shape, Reader::FindItem))
         .collect();
     drop(state);
     operation_response(
@@ -771,6 +1140,10 @@ fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response 
             "SyncFolderItems",
             &error_message("SyncFolderItems", code, text, ""),
         )
+    };
+    let shape = match item_shape(op) {
+        Ok(shape) => shape,
+        Err(fault) => return *fault,
     };
     let room = match who.target(op.path(&["SyncFolderId", "DistinguishedFolderId"])) {
         Target::Own(room) => room,
@@ -820,7 +1193,10 @@ fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response 
     let mut taken = 0;
     let mut next_seq = state.cal.seq;
     let mut includes_last = true;
-    for (id, seq) in r.changed_since(since) {
+    // The log names masters, never occurrences: a change to any occurrence of a series
+    // is reported as an update of its master, as Exchange does.
+    for changed in r.changed_since(since) {
+        let (id, seq) = (changed.item_id, changed.seq);
         let entry = if let Some(item) = r.items.get(&id) {
             let verb = if item.created_seq > since {
                 "Create"
@@ -829,7 +1205,7 @@ fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response 
             };
             format!(
                 "<t:{verb}>{}</t:{verb}>",
-                calendar_item(r, &item.as_instance())
+                calendar_item(r, &item.as_instance(), &shape, Reader::SyncFolderItems)
             )
         } else if let Some(item) = r.deleted.get(&id) {
             if item.created_seq > since {
@@ -1023,6 +1399,56 @@ mod tests {
         assert_eq!(parse_watermark(""), None);
         assert_eq!(parse_sync_state(&sync_state(2, 9)), Some((2, 9)));
         assert_eq!(parse_sync_state("garbage"), None);
+    }
+
+    fn operation(inner: &str) -> Node {
+        let xml = format!(
+            r#"<m:GetItem xmlns:m="{NS_MESSAGES}" xmlns:t="{NS_TYPES}">{inner}</m:GetItem>"#
+        );
+        xml::parse(xml.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_item_shape_reads_its_base_shape_and_the_known_field_uris_in_the_types_namespace() {
+        let op = operation(
+            r#"<m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="item:Subject"/><t:FieldURI FieldURI="calendar:Nope"/><m:FieldURI FieldURI="calendar:Start"/></t:AdditionalProperties></m:ItemShape>"#,
+        );
+        let shape = item_shape(&op).unwrap();
+        assert_eq!(
+            shape,
+            Shape {
+                base: BaseShape::IdOnly,
+                additional: vec![Prop::Subject],
+            }
+        );
+        assert!(shape.wants(Prop::Subject));
+        assert!(!shape.wants(Prop::Start));
+        // An ItemShape in the types namespace is not the operation's ItemShape.
+        assert!(
+            item_shape(&operation(
+                r#"<t:ItemShape><t:BaseShape>IdOnly</t:BaseShape></t:ItemShape>"#
+            ))
+            .is_err()
+        );
+        assert!(item_shape(&operation("<m:ItemShape/>")).is_err());
+    }
+
+    #[test]
+    fn default_leaves_out_the_series_properties_that_all_properties_gives() {
+        let default = Shape {
+            base: BaseShape::Default,
+            additional: vec![Prop::DeletedOccurrences],
+        };
+        let all = Shape {
+            base: BaseShape::AllProperties,
+            additional: Vec::new(),
+        };
+        for (prop, uri) in PROPS {
+            assert_eq!(Prop::from_field_uri(uri), Some(prop));
+            assert!(all.wants(prop));
+            let expected = !prop.of_series() || prop == Prop::DeletedOccurrences;
+            assert_eq!(default.wants(prop), expected, "{uri}");
+        }
     }
 
     #[test]

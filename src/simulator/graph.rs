@@ -2,12 +2,19 @@
 //! validation handshake, renew, delete, list), events by id, and `calendarView` with its
 //! delta query, each answering with Graph's JSON shapes and error bodies.
 //!
+//! Series look as Graph shows them: calendar views and delta list occurrences and
+//! exceptions (each with its own `iCalUId`, its `seriesMasterId` and `originalStart`), never
+//! the master, which is read by id with its `recurrence`. Delta and paging tokens die as
+//! Exchange's sync states do: each delta round of a chain is a generation, only the newest
+//! [`LIVE_GENERATIONS`] stay usable, and anything older or unknown answers `410 Gone` with
+//! `SyncStateNotFound`.
+//!
 //! Every route needs a live bearer token issued for Graph (an Exchange token gets `401
 //! InvalidAuthenticationToken`, as a wrong audience does), and an injected throttle answers
 //! `429` with `Retry-After` before the route runs. Users (rooms) are named by UPN or by
 //! object id alike, and notifications name them by object id, as Graph does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,11 +28,13 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 
-use super::calendar::{Instance, Room};
+use super::busy::SplitMix64;
+use super::calendar::{Instance, InstanceKind, Item, Room, occurrence_id, weekday_name};
 use super::control::{Backend, GraphSubscriptionSnapshot, PushRecord};
 use super::oauth::TokenResource;
 use super::{
-    AppState, BearerCheck, SimState, check_bearer, graph_datetime, json_response, odata_time,
+    AppState, BearerCheck, SimState, check_bearer, ews_datetime, graph_datetime, json_response,
+    odata_time,
 };
 
 /// Shortest subscription lifetime for Outlook events, in minutes: an earlier expiration is
@@ -40,6 +49,11 @@ pub(crate) const DEFAULT_PAGE_SIZE: usize = 10;
 const MAX_PAGE_SIZE: usize = 1000;
 /// Longest `clientState` accepted.
 const MAX_CLIENT_STATE: usize = 128;
+/// How many of a delta chain's newest generations stay usable. Exchange keeps only the
+/// last few sync states of a chain, so a delta link dies once newer rounds were issued.
+pub(crate) const LIVE_GENERATIONS: usize = 3;
+/// Most parked `calendarView` (not delta) pages kept; the oldest are forgotten first.
+const MAX_VIEW_PAGES: usize = 1000;
 
 /// A Graph subscription.
 #[derive(Debug, Clone)]
@@ -72,14 +86,19 @@ impl GraphSub {
     }
 }
 
-/// What the rest of a paged answer holds.
+/// One page of an answer, parked behind its `$skiptoken`. Pages can be fetched again (a
+/// client retrying a lost response) as long as their generation lives.
 #[derive(Debug, Clone)]
 pub(crate) struct Page {
     values: Vec<Value>,
     page_size: usize,
     path: String,
-    /// For a delta round: the state its final `@odata.deltaLink` stands for.
-    then: Option<DeltaState>,
+    /// The `$skiptoken` of the next page; `None` on the last page.
+    next: Option<String>,
+    /// On the last page of a delta round: the `$deltatoken` of its `@odata.deltaLink`.
+    delta: Option<String>,
+    /// The chain and generation of a delta round's page; `None` for `calendarView`.
+    generation: Option<(u32, u64)>,
 }
 
 /// What a delta link stands for: a room, a window, and the change-log position.
@@ -89,6 +108,108 @@ pub(crate) struct DeltaState {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     seq: u64,
+}
+
+/// An issued `@odata.deltaLink`.
+#[derive(Debug, Clone)]
+struct DeltaLink {
+    chain: u32,
+    generation: u64,
+    state: DeltaState,
+}
+
+/// One delta chain: an initial round and every round that followed its links.
+#[derive(Debug, Default)]
+struct Chain {
+    highest: u64,
+    /// The generations still usable, oldest first.
+    live: VecDeque<u64>,
+}
+
+/// Every delta and paging token issued and still alive.
+#[derive(Debug, Default)]
+pub(crate) struct DeltaStore {
+    next_chain: u32,
+    chains: HashMap<u32, Chain>,
+    links: HashMap<String, DeltaLink>,
+    pages: HashMap<String, Page>,
+    /// `calendarView` skiptokens, oldest first, to bound how many are kept.
+    view_pages: VecDeque<String>,
+}
+
+impl DeltaStore {
+    /// Forgets every link and page ([`Fault::ExpireDeltaLinks`](super::Fault)).
+    pub(crate) fn expire_all(&mut self) {
+        self.links.clear();
+        self.pages.clear();
+        self.view_pages.clear();
+        for chain in self.chains.values_mut() {
+            chain.live.clear();
+        }
+    }
+
+    fn new_chain(&mut self) -> u32 {
+        self.next_chain += 1;
+        self.next_chain
+    }
+
+    /// Opens the next generation of a chain; the generation that falls out of the newest
+    /// [`LIVE_GENERATIONS`] dies with its link and pages.
+    fn next_generation(&mut self, chain: u32) -> u64 {
+        let c = self.chains.entry(chain).or_default();
+        c.highest += 1;
+        let generation = c.highest;
+        c.live.push_back(generation);
+        let mut dead = Vec::new();
+        while c.live.len() > LIVE_GENERATIONS {
+            dead.extend(c.live.pop_front());
+        }
+        for gone in dead {
+            self.links
+                .retain(|_, l| !(l.chain == chain && l.generation == gone));
+            self.pages
+                .retain(|_, p| p.generation != Some((chain, gone)));
+        }
+        generation
+    }
+
+    fn park_view_page(&mut self, token: String, page: Page) {
+        self.view_pages.push_back(token.clone());
+        self.pages.insert(token, page);
+        while self.view_pages.len() > MAX_VIEW_PAGES {
+            if let Some(old) = self.view_pages.pop_front() {
+                self.pages.remove(&old);
+            }
+        }
+    }
+
+    /// Exchange's answer to a token whose sync state is gone, naming the generation asked
+    /// for and the ones still kept, e.g. `generation=149;[highest=157][155][156][157]`.
+    fn not_found(&self, token: &str) -> Response {
+        let (chain, generation) = token_generation(token).unwrap_or((0, 0));
+        let mut message =
+            format!("The sync state generation is not found; generation={generation};");
+        if let Some(c) = self.chains.get(&chain) {
+            message.push_str(&format!("[highest={}]", c.highest));
+            for g in &c.live {
+                message.push_str(&format!("[{g}]"));
+            }
+        }
+        graph_error(StatusCode::GONE, "SyncStateNotFound", &message)
+    }
+}
+
+/// A new opaque token that carries its chain and generation (both 0 for `calendarView`
+/// pages), so even a dead one can be named in the error.
+fn new_token(rng: &mut SplitMix64, chain: u32, generation: u64) -> String {
+    format!("{}{chain:08x}{generation:016x}", rng.hex(16))
+}
+
+fn token_generation(token: &str) -> Option<(u32, u64)> {
+    let tail = token.get(token.len().checked_sub(24)?..)?;
+    let chain = u32::from_str_radix(tail.get(..8)?, 16).ok()?;
+    let generation = u64::from_str_radix(tail.get(8..)?, 16).ok()?;
+    Some((chain, generation))
 }
 
 pub(crate) fn routes(shared: AppState) -> Router<AppState> {
@@ -113,6 +234,15 @@ pub(crate) fn routes(shared: AppState) -> Router<AppState> {
         .route("/v1.0/users/{room}/calendarview", get(calendar_view))
         .route("/v1.0/users/{room}/calendarView/delta", get(calendar_delta))
         .route("/v1.0/users/{room}/calendarview/delta", get(calendar_delta))
+        // The OData function-call spelling names the same function.
+        .route(
+            "/v1.0/users/{room}/calendarView/delta()",
+            get(calendar_delta),
+        )
+        .route(
+            "/v1.0/users/{room}/calendarview/delta()",
+            get(calendar_delta),
+        )
         .route_layer(middleware::from_fn_with_state(shared, gate))
 }
 
@@ -650,32 +780,93 @@ async fn delete_subscription(State(shared): State<AppState>, Path(id): Path<Stri
 
 // ---- events and calendarView ------------------------------------------------
 
-/// An event (or occurrence) as Graph serializes it.
+/// An event, series master, occurrence or exception as Graph serializes it.
 pub(crate) fn event_json(inst: &Instance) -> Value {
     let item = &inst.item;
     let m = &item.meeting;
-    let series_master = match inst.kind {
-        super::calendar::InstanceKind::Occurrence => json!(item.id),
-        _ => Value::Null,
+    let cancelled = inst.cancelled();
+    let series_master = if inst.kind.in_series() {
+        json!(item.id)
+    } else {
+        Value::Null
     };
-    json!({
-        "@odata.etag": item.etag(),
+    let recurrence = if inst.kind == InstanceKind::Master {
+        recurrence_json(item)
+    } else {
+        Value::Null
+    };
+    let mut v = json!({
+        "@odata.etag": inst.etag(),
         "id": inst.id,
         "createdDateTime": odata_time(item.created_at),
-        "lastModifiedDateTime": odata_time(item.modified_at),
-        "changeKey": item.change_key(),
-        "iCalUId": item.uid,
+        "lastModifiedDateTime": odata_time(inst.modified_at()),
+        "changeKey": inst.change_key(),
+        "iCalUId": inst.ical_uid(),
         "subject": m.subject,
         "bodyPreview": "",
         "isAllDay": m.is_all_day,
-        "isCancelled": item.cancelled,
-        "showAs": if item.cancelled { "free" } else { "busy" },
+        "isCancelled": cancelled,
+        "showAs": if cancelled { "free" } else { "busy" },
         "type": inst.kind.graph(),
         "seriesMasterId": series_master,
+        "recurrence": recurrence,
         "start": { "dateTime": graph_datetime(inst.start), "timeZone": "UTC" },
         "end": { "dateTime": graph_datetime(inst.end), "timeZone": "UTC" },
         "location": { "displayName": m.location, "locationType": "default" },
-        "organizer": { "emailAddress": { "name": m.organizer, "address": m.organizer } },
+        "organizer": {
+            "emailAddress": { "name": display_name(&m.organizer), "address": m.organizer }
+        },
+    });
+    // Only occurrences and exceptions have an original start; Graph writes it in UTC
+    // without fractions.
+    if let (Some(at), Some(o)) = (inst.original_start(), v.as_object_mut()) {
+        o.insert("originalStart".to_owned(), json!(ews_datetime(at)));
+    }
+    v
+}
+
+/// A master's `recurrence`: its `pattern` and `range` as Graph's patternedRecurrence.
+fn recurrence_json(item: &Item) -> Value {
+    let Some(r) = item.recurrence else {
+        return Value::Null;
+    };
+    let start = item.meeting.start;
+    let (kind, days) = if r.is_weekly() {
+        (
+            "weekly",
+            json!([weekday_name(start.date_naive()).to_ascii_lowercase()]),
+        )
+    } else {
+        ("daily", json!([]))
+    };
+    let start_date = start.format("%Y-%m-%d").to_string();
+    let range = match item.last_pattern_date() {
+        Some(last) if item.ends_by_date => json!({
+            "type": "endDate",
+            "startDate": start_date,
+            "endDate": last.format("%Y-%m-%d").to_string(),
+            "recurrenceTimeZone": "UTC",
+            "numberOfOccurrences": 0,
+        }),
+        _ => json!({
+            "type": "numbered",
+            "startDate": start_date,
+            "endDate": "0001-01-01",
+            "recurrenceTimeZone": "UTC",
+            "numberOfOccurrences": r.count(),
+        }),
+    };
+    json!({
+        "pattern": {
+            "type": kind,
+            "interval": 1,
+            "month": 0,
+            "dayOfMonth": 0,
+            "daysOfWeek": days,
+            "firstDayOfWeek": "sunday",
+            "index": "first",
+        },
+        "range": range,
     })
 }
 
@@ -723,7 +914,7 @@ async fn get_user(State(shared): State<AppState>, Path(user): Path<String>) -> R
 }
 
 /// `room-01@x` → `Room 01`: something a directory could hold.
-fn display_name(address: &str) -> String {
+pub(crate) fn display_name(address: &str) -> String {
     let local = address.split('@').next().unwrap_or(address);
     let mut out = String::with_capacity(local.len());
     let mut upper = true;
@@ -792,54 +983,90 @@ fn page_size(headers: &HeaderMap) -> usize {
         .clamp(1, MAX_PAGE_SIZE)
 }
 
-fn sync_state_not_found() -> Response {
-    graph_error(
-        StatusCode::GONE,
-        "syncStateNotFound",
-        "The sync state generation is not found.",
-    )
+/// Splits an answer into pages, parks every page behind a `$skiptoken` (the first one
+/// too, though it is served at once) and returns the first. `delta` names the chain,
+/// generation and state of a delta round, whose last page carries the deltaLink.
+fn park_answer(
+    state: &mut SimState,
+    path: &str,
+    values: Vec<Value>,
+    page_size: usize,
+    delta: Option<(u32, u64, DeltaState)>,
+) -> Page {
+    let generation = delta.as_ref().map(|(c, g, _)| (*c, *g));
+    let (chain, number) = generation.unwrap_or((0, 0));
+    let mut chunks: Vec<Vec<Value>> = values
+        .chunks(page_size.max(1))
+        .map(<[Value]>::to_vec)
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    // Page i > 0 is parked behind skiptoken i - 1; the first is served at once.
+    let tokens: Vec<String> = (1..chunks.len())
+        .map(|_| new_token(&mut state.rng, chain, number))
+        .collect();
+    let delta_token = delta.map(|(chain, generation, then)| {
+        let token = new_token(&mut state.rng, chain, generation);
+        state.delta.links.insert(
+            token.clone(),
+            DeltaLink {
+                chain,
+                generation,
+                state: then,
+            },
+        );
+        token
+    });
+    let last = chunks.len() - 1;
+    let mut pages = chunks.into_iter().enumerate().map(|(i, values)| Page {
+        values,
+        page_size,
+        path: path.to_owned(),
+        next: tokens.get(i).cloned(),
+        delta: if i == last { delta_token.clone() } else { None },
+        generation,
+    });
+    let first = pages.next();
+    let rest: Vec<Page> = pages.collect();
+    for (token, page) in tokens.into_iter().zip(rest) {
+        if generation.is_some() {
+            state.delta.pages.insert(token, page);
+        } else {
+            state.delta.park_view_page(token, page);
+        }
+    }
+    first.unwrap_or_else(|| Page {
+        values: Vec::new(),
+        page_size,
+        path: path.to_owned(),
+        next: None,
+        delta: delta_token,
+        generation,
+    })
 }
 
-/// Serves the first page of `page` and parks the rest behind a `$skiptoken`.
-fn serve_page(shared: &AppState, mut page: Page, context: &str) -> Response {
-    let rest = if page.values.len() > page.page_size {
-        page.values.split_off(page.page_size)
-    } else {
-        Vec::new()
-    };
+/// One page with its `@odata.nextLink` or `@odata.deltaLink` and `Preference-Applied`.
+fn serve_page(shared: &AppState, page: Page, context: &str) -> Response {
     let mut body = serde_json::Map::new();
     body.insert("@odata.context".to_owned(), json!(context));
-    let mut state = shared.lock();
-    if !rest.is_empty() {
-        let token = state.rng.hex(24);
+    if let Some(next) = &page.next {
         body.insert(
             "@odata.nextLink".to_owned(),
             json!(format!(
-                "{}{}?$skiptoken={token}",
+                "{}{}?$skiptoken={next}",
                 shared.base_url, page.path
             )),
         );
-        state.pages.insert(
-            token,
-            Page {
-                values: rest,
-                page_size: page.page_size,
-                path: page.path.clone(),
-                then: page.then.clone(),
-            },
-        );
-    } else if let Some(delta) = page.then.take() {
-        let token = state.rng.hex(24);
+    } else if let Some(delta) = &page.delta {
         body.insert(
             "@odata.deltaLink".to_owned(),
             json!(format!(
-                "{}{}?$deltatoken={token}",
+                "{}{}?$deltatoken={delta}",
                 shared.base_url, page.path
             )),
         );
-        state.delta_links.insert(token, delta);
     }
-    drop(state);
     body.insert("value".to_owned(), Value::Array(page.values));
     let mut response = json_response(StatusCode::OK, &Value::Object(body));
     if let Ok(v) = HeaderValue::from_str(&format!("odata.maxpagesize={}", page.page_size)) {
@@ -869,9 +1096,22 @@ fn bad_window() -> Response {
     )
 }
 
-fn continuation(shared: &AppState, query: &HashMap<String, String>) -> Option<Result<Page, ()>> {
+/// The parked page a `$skiptoken` names: `None` without one, `Err` with the `410` for a
+/// token that is unknown or whose generation died.
+fn continuation(
+    shared: &AppState,
+    query: &HashMap<String, String>,
+) -> Option<Result<Page, Response>> {
     let token = query.get("$skiptoken")?;
-    Some(shared.lock().pages.remove(token).ok_or(()))
+    let state = shared.lock();
+    Some(
+        state
+            .delta
+            .pages
+            .get(token)
+            .cloned()
+            .ok_or_else(|| state.delta.not_found(token)),
+    )
 }
 
 async fn calendar_view(
@@ -886,24 +1126,25 @@ async fn calendar_view(
     );
     match continuation(&shared, &query) {
         Some(Ok(page)) => return serve_page(&shared, page, &context),
-        Some(Err(())) => return sync_state_not_found(),
+        Some(Err(gone)) => return gone,
         None => {}
     }
     let Some((from, to)) = window(&query) else {
         return bad_window();
     };
-    let values = {
-        let state = shared.lock();
+    let page = {
+        let mut state = shared.lock();
         let Some(r) = state.cal.user(&room) else {
             return unknown_user(&room);
         };
-        r.view(from, to).iter().map(event_json).collect()
-    };
-    let page = Page {
-        values,
-        page_size: page_size(&headers),
-        path: format!("/v1.0/users/{room}/calendarView"),
-        then: None,
+        let values = r.view(from, to).iter().map(event_json).collect();
+        park_answer(
+            &mut state,
+            &format!("/v1.0/users/{room}/calendarView"),
+            values,
+            page_size(&headers),
+            None,
+        )
     };
     serve_page(&shared, page, &context)
 }
@@ -912,21 +1153,49 @@ fn removed(id: &str) -> Value {
     json!({ "@odata.type": "#microsoft.graph.event", "id": id, "@removed": { "reason": "deleted" } })
 }
 
-/// The changes of one room between a delta state and now.
+/// The changes of one room between a delta state and now: instances that changed (or
+/// moved out of the window, reported as removed), and removed occurrences and items.
 fn delta_values(r: &Room, since: &DeltaState) -> Vec<Value> {
+    let shown = |inst: &Instance| {
+        if inst.overlaps(since.from, since.to) {
+            event_json(inst)
+        } else {
+            // Moved out of the window: Graph reports it under @removed.
+            removed(&inst.id)
+        }
+    };
     let mut out = Vec::new();
-    for (id, _) in r.changed_since(since.seq) {
-        if let Some(item) = r.items.get(&id) {
+    for changed in r.changed_since(since.seq) {
+        let (item, live) = match (
+            r.items.get(&changed.item_id),
+            r.deleted.get(&changed.item_id),
+        ) {
+            (Some(item), _) => (item, true),
+            (None, Some(item)) => (item, false),
+            (None, None) => continue,
+        };
+        let mut reported = BTreeSet::new();
+        if changed.whole || !live {
             for inst in item.expand() {
-                if inst.overlaps(since.from, since.to) {
-                    out.push(event_json(&inst));
+                out.push(if live {
+                    shown(&inst)
                 } else {
-                    // Moved out of the window: Graph reports it under @removed.
-                    out.push(removed(&inst.id));
-                }
+                    removed(&inst.id)
+                });
+                reported.insert(inst.id);
             }
-        } else if let Some(item) = r.deleted.get(&id) {
-            out.extend(item.expand().iter().map(|inst| removed(&inst.id)));
+        }
+        for &index in &changed.occurrences {
+            let id = occurrence_id(&item.id, index);
+            if reported.contains(&id) {
+                continue;
+            }
+            match item.occurrence(index).filter(|_| live) {
+                Some(inst) => out.push(shown(&inst)),
+                // Deleted from the series or cut off with its end.
+                None => out.push(removed(&id)),
+            }
+            reported.insert(id);
         }
     }
     out
@@ -941,46 +1210,53 @@ async fn calendar_delta(
     let context = format!("{}/v1.0/$metadata#Collection(event)", shared.base_url);
     match continuation(&shared, &query) {
         Some(Ok(page)) => return serve_page(&shared, page, &context),
-        Some(Err(())) => return sync_state_not_found(),
+        Some(Err(gone)) => return gone,
         None => {}
     }
     let path = format!("/v1.0/users/{room}/calendarView/delta");
     let page = if let Some(token) = query.get("$deltatoken") {
-        let state = shared.lock();
-        let Some(since) = state.delta_links.get(token).cloned() else {
-            return sync_state_not_found();
+        let mut state = shared.lock();
+        let Some(link) = state.delta.links.get(token).cloned() else {
+            return state.delta.not_found(token);
         };
-        let Some(r) = state.cal.room(&since.room) else {
-            return sync_state_not_found();
+        let Some(r) = state.cal.room(&link.state.room) else {
+            return state.delta.not_found(token);
         };
-        Page {
-            values: delta_values(r, &since),
-            page_size: page_size(&headers),
-            path,
-            then: Some(DeltaState {
-                seq: state.cal.seq,
-                ..since
-            }),
-        }
+        let values = delta_values(r, &link.state);
+        let seq = state.cal.seq;
+        let generation = state.delta.next_generation(link.chain);
+        let then = DeltaState { seq, ..link.state };
+        park_answer(
+            &mut state,
+            &path,
+            values,
+            page_size(&headers),
+            Some((link.chain, generation, then)),
+        )
     } else {
         let Some((from, to)) = window(&query) else {
             return bad_window();
         };
-        let state = shared.lock();
+        let mut state = shared.lock();
         let Some(r) = state.cal.user(&room) else {
             return unknown_user(&room);
         };
-        Page {
-            values: r.view(from, to).iter().map(event_json).collect(),
-            page_size: page_size(&headers),
-            path,
-            then: Some(DeltaState {
-                room: r.address.clone(),
-                from,
-                to,
-                seq: state.cal.seq,
-            }),
-        }
+        let values = r.view(from, to).iter().map(event_json).collect();
+        let then = DeltaState {
+            room: r.address.clone(),
+            from,
+            to,
+            seq: state.cal.seq,
+        };
+        let chain = state.delta.new_chain();
+        let generation = state.delta.next_generation(chain);
+        park_answer(
+            &mut state,
+            &path,
+            values,
+            page_size(&headers),
+            Some((chain, generation, then)),
+        )
     };
     serve_page(&shared, page, &context)
 }
@@ -1013,6 +1289,60 @@ mod tests {
         assert!(!notification_url_ok("http://rooms.example.com/hook"));
         assert!(!notification_url_ok("ftp://127.0.0.1/hook"));
         assert!(!notification_url_ok("not a url"));
+    }
+
+    #[test]
+    fn tokens_carry_their_chain_and_generation_after_an_opaque_prefix() {
+        let token = new_token(&mut SplitMix64::new(1), 7, 149);
+        assert_eq!(token_generation(&token), Some((7, 149)));
+        assert_eq!(token_generation("short"), None);
+    }
+
+    #[test]
+    fn a_chain_keeps_its_newest_three_generations_and_drops_the_links_of_older_ones() {
+        let mut store = DeltaStore::default();
+        let chain = store.new_chain();
+        let other = store.new_chain();
+        let state = DeltaState {
+            room: "r@x".to_owned(),
+            from: Utc::now(),
+            to: Utc::now(),
+            seq: 0,
+        };
+        let link = |store: &mut DeltaStore, chain, generation| {
+            let token = format!("{chain}-{generation}");
+            store.links.insert(
+                token.clone(),
+                DeltaLink {
+                    chain,
+                    generation,
+                    state: state.clone(),
+                },
+            );
+            token
+        };
+        let g1 = store.next_generation(chain);
+        let first = link(&mut store, chain, g1);
+        let o1 = store.next_generation(other);
+        let other_first = link(&mut store, other, o1);
+        for _ in 0..2 {
+            store.next_generation(chain);
+        }
+        assert!(store.links.contains_key(&first));
+        assert_eq!(store.next_generation(chain), 4);
+        assert!(!store.links.contains_key(&first));
+        assert!(store.links.contains_key(&other_first), "chains are apart");
+        assert_eq!(
+            store.chains[&chain]
+                .live
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
+        store.expire_all();
+        assert!(store.links.is_empty());
+        assert!(store.chains[&chain].live.is_empty());
     }
 
     #[test]

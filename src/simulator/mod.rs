@@ -201,8 +201,8 @@ pub(crate) struct SimState {
     pub(crate) tokens: HashMap<String, oauth::Token>,
     pub(crate) graph_subs: BTreeMap<String, graph::GraphSub>,
     pub(crate) ews_subs: BTreeMap<String, ews::EwsSub>,
-    pub(crate) pages: HashMap<String, graph::Page>,
-    pub(crate) delta_links: HashMap<String, graph::DeltaState>,
+    /// Graph delta links and parked pages.
+    pub(crate) delta: graph::DeltaStore,
     pub(crate) faults: control::Faults,
     /// Part of every EWS watermark; bumping it makes every watermark issued so far unknown.
     pub(crate) ews_watermark_epoch: u32,
@@ -227,8 +227,7 @@ impl Shared {
             tokens: HashMap::new(),
             graph_subs: BTreeMap::new(),
             ews_subs: BTreeMap::new(),
-            pages: HashMap::new(),
-            delta_links: HashMap::new(),
+            delta: graph::DeltaStore::default(),
             faults: control::Faults::default(),
             ews_watermark_epoch: 0,
             requests: VecDeque::new(),

@@ -852,7 +852,7 @@ async fn delta_rounds_return_exactly_the_changes_since_the_last_link() {
         )
         .await;
     assert_eq!(status, StatusCode::GONE);
-    assert_eq!(body["error"]["code"], "syncStateNotFound");
+    assert_eq!(body["error"]["code"], "SyncStateNotFound");
     c.inject(Fault::ExpireDeltaLinks).unwrap();
     let (status, _) = sim.graph_get(&link2, None).await;
     assert_eq!(status, StatusCode::GONE);
@@ -1136,7 +1136,7 @@ async fn get_item_returns_the_booked_properties_and_item_not_found_per_missing_i
         .ews(
             ROOM,
             &format!(
-                r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/><t:ItemId Id="gone"/></m:ItemIds></m:GetItem>"#
+                r#"<m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/><t:ItemId Id="gone"/></m:ItemIds></m:GetItem>"#
             ),
         )
         .await;
@@ -1163,6 +1163,10 @@ async fn get_item_returns_the_booked_properties_and_item_not_found_per_missing_i
             .text,
         "alice@sim.example"
     );
+    assert_eq!(
+        item.path(&["Organizer", "Mailbox", "Name"]).unwrap().text,
+        "Alice"
+    );
     assert_eq!(messages[1].attr("ResponseClass"), Some("Error"));
     assert_eq!(
         messages[1].child("ResponseCode").unwrap().text,
@@ -1185,7 +1189,7 @@ async fn find_item_with_a_calendar_view_expands_series_and_honours_max_entries()
         .unwrap();
     let find = |max: u32| {
         format!(
-            r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:CalendarView MaxEntriesReturned="{max}" StartDate="2026-03-01T00:00:00Z" EndDate="2026-04-01T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>{ROOM}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"#
+            r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="calendar:CalendarItemType"/></t:AdditionalProperties></m:ItemShape><m:CalendarView MaxEntriesReturned="{max}" StartDate="2026-03-01T00:00:00Z" EndDate="2026-04-01T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>{ROOM}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"#
         )
     };
     let (_, body) = sim.ews(ROOM, &find(100)).await;
@@ -2305,4 +2309,981 @@ async fn an_injected_throttle_can_send_a_fractional_or_http_date_retry_after() {
         }),
         Err(SimError::InvalidFault(_))
     ));
+}
+
+// ---- recurring series --------------------------------------------------------------
+
+/// An `m:ItemShape` with a base shape and additional `FieldURI`s.
+fn item_shape(base: &str, fields: &[&str]) -> String {
+    let additional: String = fields
+        .iter()
+        .map(|f| format!(r#"<t:FieldURI FieldURI="{f}"/>"#))
+        .collect();
+    let additional = if additional.is_empty() {
+        String::new()
+    } else {
+        format!("<t:AdditionalProperties>{additional}</t:AdditionalProperties>")
+    };
+    format!("<m:ItemShape><t:BaseShape>{base}</t:BaseShape>{additional}</m:ItemShape>")
+}
+
+/// `GetItem` of `ids` with `shape`; the response messages in order.
+async fn ews_get_items(sim: &Sim, shape: &str, ids: &[&str]) -> Vec<Node> {
+    let ids: String = ids
+        .iter()
+        .map(|id| format!(r#"<t:ItemId Id="{id}"/>"#))
+        .collect();
+    let (status, body) = sim
+        .ews(
+            ROOM,
+            &format!("<m:GetItem>{shape}<m:ItemIds>{ids}</m:ItemIds></m:GetItem>"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    body.find("ResponseMessages")
+        .unwrap()
+        .children_named("GetItemResponseMessage")
+        .cloned()
+        .collect()
+}
+
+/// The one calendar item `GetItem` returns for `id`.
+async fn ews_get_item(sim: &Sim, shape: &str, id: &str) -> Node {
+    let messages = ews_get_items(sim, shape, &[id]).await;
+    messages[0].find("CalendarItem").unwrap().clone()
+}
+
+/// `FindItem` with a March 2026 `CalendarView` and `shape`; the calendar items.
+async fn ews_find_view(sim: &Sim, shape: &str) -> Vec<Node> {
+    let (status, body) = sim
+        .ews(
+            ROOM,
+            &format!(
+                r#"<m:FindItem Traversal="Shallow">{shape}<m:CalendarView StartDate="2026-03-01T00:00:00Z" EndDate="2026-04-01T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>"#
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    response_message(&body, "FindItem")
+        .path(&["RootFolder", "Items"])
+        .unwrap()
+        .children_named("CalendarItem")
+        .cloned()
+        .collect()
+}
+
+fn child_names(node: &Node) -> Vec<&str> {
+    node.children.iter().map(|c| c.local.as_str()).collect()
+}
+
+fn text_of<'a>(node: &'a Node, local: &str) -> &'a str {
+    node.child(local)
+        .map_or_else(|| panic!("no {local} in {node:#?}"), |n| n.text.as_str())
+}
+
+/// The Graph calendar view of March 2026.
+async fn graph_view(sim: &Sim) -> Vec<Value> {
+    let (status, body) = sim
+        .graph_get(
+            &sim.url(&format!(
+                "/v1.0/users/{ROOM}/calendarView?{}",
+                window_query()
+            )),
+            Some("odata.maxpagesize=100"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["value"].as_array().unwrap().clone()
+}
+
+async fn graph_event(sim: &Sim, id: &str) -> (StatusCode, Value) {
+    sim.graph_get(&sim.url(&format!("/v1.0/users/{ROOM}/events/{id}")), None)
+        .await
+}
+
+fn delta_start(sim: &Sim) -> String {
+    sim.url(&format!(
+        "/v1.0/users/{ROOM}/calendarView/delta?{}",
+        window_query()
+    ))
+}
+
+#[tokio::test]
+async fn a_moved_occurrence_becomes_an_exception_with_its_original_start_and_keeps_its_id() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 5 })
+        .unwrap();
+    let before = c.occurrence_ids(ROOM, &master).unwrap();
+    assert_eq!(before.len(), 5);
+    let moved = c
+        .move_occurrence(ROOM, &master, 2, at(4, 14), at(4, 15))
+        .unwrap();
+    assert_eq!(moved, before[2]);
+    assert_eq!(c.occurrence_ids(ROOM, &master).unwrap(), before);
+
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 5);
+    let exception = view.iter().find(|v| v["id"] == moved.as_str()).unwrap();
+    assert_eq!(exception["type"], "exception");
+    assert_eq!(exception["seriesMasterId"], master.as_str());
+    assert_eq!(exception["originalStart"], "2026-03-04T08:00:00Z");
+    assert_eq!(
+        exception["start"]["dateTime"],
+        "2026-03-04T14:00:00.0000000"
+    );
+    let occurrence = view.iter().find(|v| v["id"] == before[0].as_str()).unwrap();
+    assert_eq!(occurrence["type"], "occurrence");
+    assert_eq!(occurrence["originalStart"], "2026-03-02T08:00:00Z");
+    assert!(view.iter().all(|v| v["type"] != "seriesMaster"));
+    let (status, event) = graph_event(&sim, &moved).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(event["type"], "exception");
+
+    let item = ews_get_item(&sim, &item_shape("Default", &[]), &moved).await;
+    assert_eq!(text_of(&item, "CalendarItemType"), "Exception");
+    assert_eq!(text_of(&item, "RecurrenceId"), "2026-03-04T08:00:00Z");
+    assert_eq!(text_of(&item, "OriginalStart"), "2026-03-04T08:00:00Z");
+    assert_eq!(text_of(&item, "Start"), "2026-03-04T14:00:00Z");
+    assert_eq!(text_of(&item, "IsRecurring"), "true");
+    let plain = ews_get_item(&sim, &item_shape("Default", &[]), &before[1]).await;
+    assert_eq!(text_of(&plain, "CalendarItemType"), "Occurrence");
+    assert_eq!(text_of(&plain, "RecurrenceId"), "2026-03-03T08:00:00Z");
+    assert!(plain.child("OriginalStart").is_none());
+}
+
+#[tokio::test]
+async fn every_occurrence_has_its_own_stable_ical_uid_and_the_master_carries_the_series_uid() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(
+            ROOM,
+            meeting("Weekly", 2, 8),
+            Recurrence::Weekly { count: 4 },
+        )
+        .unwrap();
+    let uids = |view: &[Value]| -> Vec<String> {
+        view.iter()
+            .map(|v| v["iCalUId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = uids(&graph_view(&sim).await);
+    let mut distinct = first.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{first:?}");
+    c.move_occurrence(ROOM, &master, 1, at(10, 12), at(10, 13))
+        .unwrap();
+    c.cancel_occurrence(ROOM, &master, 3).unwrap();
+    assert_eq!(uids(&graph_view(&sim).await), first);
+
+    let (_, graph_master) = graph_event(&sim, &master).await;
+    assert_eq!(graph_master["type"], "seriesMaster");
+    let series_uid = graph_master["iCalUId"].as_str().unwrap().to_owned();
+    assert!(!first.contains(&series_uid));
+    let ews_master = ews_get_item(&sim, &item_shape("IdOnly", &["calendar:UID"]), &master).await;
+    assert_eq!(text_of(&ews_master, "UID"), series_uid);
+    for id in c.occurrence_ids(ROOM, &master).unwrap() {
+        let occurrence = ews_get_item(&sim, &item_shape("IdOnly", &["calendar:UID"]), &id).await;
+        assert_eq!(text_of(&occurrence, "UID"), series_uid);
+    }
+}
+
+#[tokio::test]
+async fn the_series_master_is_read_by_id_with_its_recurrence_in_graph_and_ews() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    // 2 March 2026 is a Monday.
+    let master = c
+        .create_series(
+            ROOM,
+            meeting("Weekly", 2, 8),
+            Recurrence::Weekly { count: 3 },
+        )
+        .unwrap();
+    let (status, event) = graph_event(&sim, &master).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(event["type"], "seriesMaster");
+    assert!(event.get("originalStart").is_none());
+    assert_eq!(event["seriesMasterId"], Value::Null);
+    let pattern = &event["recurrence"]["pattern"];
+    assert_eq!(pattern["type"], "weekly");
+    assert_eq!(pattern["interval"], 1);
+    assert_eq!(pattern["daysOfWeek"], json!(["monday"]));
+    let range = &event["recurrence"]["range"];
+    assert_eq!(range["type"], "numbered");
+    assert_eq!(range["startDate"], "2026-03-02");
+    assert_eq!(range["numberOfOccurrences"], 3);
+
+    let default = ews_get_item(&sim, &item_shape("Default", &[]), &master).await;
+    assert_eq!(text_of(&default, "CalendarItemType"), "RecurringMaster");
+    assert!(default.child("Recurrence").is_none());
+    let all = ews_get_item(&sim, &item_shape("AllProperties", &[]), &master).await;
+    let recurrence = all.child("Recurrence").unwrap();
+    assert_eq!(
+        recurrence
+            .path(&["WeeklyRecurrence", "DaysOfWeek"])
+            .unwrap()
+            .text,
+        "Monday"
+    );
+    assert_eq!(
+        recurrence
+            .path(&["NumberedRecurrence", "NumberOfOccurrences"])
+            .unwrap()
+            .text,
+        "3"
+    );
+    assert_eq!(
+        all.path(&["FirstOccurrence", "Start"]).unwrap().text,
+        "2026-03-02T08:00:00Z"
+    );
+    assert_eq!(
+        all.path(&["LastOccurrence", "Start"]).unwrap().text,
+        "2026-03-16T08:00:00Z"
+    );
+    assert!(all.child("ModifiedOccurrences").is_none());
+    assert!(all.child("DeletedOccurrences").is_none());
+    let asked = ews_get_item(
+        &sim,
+        &item_shape("IdOnly", &["calendar:Recurrence"]),
+        &master,
+    )
+    .await;
+    assert_eq!(child_names(&asked), ["ItemId", "Recurrence"]);
+}
+
+#[tokio::test]
+async fn a_cancelled_occurrence_stays_in_the_views_as_a_cancelled_exception() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 3 })
+        .unwrap();
+    let cancelled = c.cancel_occurrence(ROOM, &master, 1).unwrap();
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 3);
+    for v in &view {
+        let is_it = v["id"] == cancelled.as_str();
+        assert_eq!(v["isCancelled"], is_it, "{v}");
+        assert_eq!(v["type"], if is_it { "exception" } else { "occurrence" });
+    }
+    let items = ews_find_view(
+        &sim,
+        &item_shape(
+            "IdOnly",
+            &["calendar:IsCancelled", "calendar:CalendarItemType"],
+        ),
+    )
+    .await;
+    let flags: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| (text_of(i, "CalendarItemType"), text_of(i, "IsCancelled")))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("Occurrence", "false"),
+            ("Exception", "true"),
+            ("Occurrence", "false")
+        ]
+    );
+    let all = ews_get_item(&sim, &item_shape("AllProperties", &[]), &master).await;
+    let modified: Vec<&Node> = all
+        .child("ModifiedOccurrences")
+        .unwrap()
+        .children_named("Occurrence")
+        .collect();
+    assert_eq!(modified.len(), 1);
+    assert_eq!(
+        modified[0].child("ItemId").unwrap().attr("Id"),
+        Some(cancelled.as_str())
+    );
+    assert_eq!(
+        text_of(modified[0], "OriginalStart"),
+        "2026-03-03T08:00:00Z"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_series_master_cancels_every_occurrence() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 3 })
+        .unwrap();
+    c.cancel_meeting(ROOM, &master).unwrap();
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 3);
+    assert!(view.iter().all(|v| v["isCancelled"] == true), "{view:#?}");
+}
+
+#[tokio::test]
+async fn a_deleted_occurrence_leaves_the_views_and_the_master_lists_it() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 4 })
+        .unwrap();
+    let gone = c.delete_occurrence(ROOM, &master, 2).unwrap();
+    let ids = c.occurrence_ids(ROOM, &master).unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(!ids.contains(&gone));
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 3);
+    assert!(view.iter().all(|v| v["id"] != gone.as_str()));
+    assert_eq!(
+        ews_find_view(&sim, &item_shape("IdOnly", &[])).await.len(),
+        3
+    );
+    let (status, _) = graph_event(&sim, &gone).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let messages = ews_get_items(&sim, &item_shape("IdOnly", &[]), &[&gone]).await;
+    assert_eq!(
+        text_of(&messages[0], "ResponseCode"),
+        "ErrorCalendarOccurrenceIsDeletedFromRecurrence"
+    );
+    let all = ews_get_item(&sim, &item_shape("AllProperties", &[]), &master).await;
+    let deleted: Vec<&str> = all
+        .child("DeletedOccurrences")
+        .unwrap()
+        .children_named("DeletedOccurrence")
+        .map(|d| text_of(d, "Start"))
+        .collect();
+    assert_eq!(deleted, ["2026-03-04T08:00:00Z"]);
+    assert!(c.delete_occurrence(ROOM, &master, 2).is_err());
+}
+
+#[tokio::test]
+async fn delta_reports_changed_occurrences_as_instances_and_deleted_or_cut_ones_as_removed() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 6 })
+        .unwrap();
+    let ids = c.occurrence_ids(ROOM, &master).unwrap();
+    let (values, link, _) = delta_round(&sim, &delta_start(&sim), 10).await;
+    assert_eq!(values.len(), 6);
+    assert!(values.iter().all(|v| v["type"] == "occurrence"));
+
+    c.move_occurrence(ROOM, &master, 0, at(2, 12), at(2, 13))
+        .unwrap();
+    c.cancel_occurrence(ROOM, &master, 1).unwrap();
+    c.delete_occurrence(ROOM, &master, 2).unwrap();
+    let (values, link, _) = delta_round(&sim, &link, 10).await;
+    assert_eq!(values.len(), 3, "{values:#?}");
+    let by_id = |id: &str| values.iter().find(|v| v["id"] == id).unwrap().clone();
+    assert_eq!(by_id(&ids[0])["type"], "exception");
+    assert_eq!(
+        by_id(&ids[0])["start"]["dateTime"],
+        "2026-03-02T12:00:00.0000000"
+    );
+    assert_eq!(by_id(&ids[1])["isCancelled"], true);
+    assert_eq!(by_id(&ids[2])["@removed"]["reason"], "deleted");
+
+    c.end_series(ROOM, &master, 4).unwrap();
+    let (values, link, _) = delta_round(&sim, &link, 10).await;
+    let removed: Vec<&str> = values
+        .iter()
+        .filter(|v| v.get("@removed").is_some())
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, [ids[4].as_str(), ids[5].as_str()]);
+    assert_eq!(values.len(), 2, "{values:#?}");
+    let (values, _, _) = delta_round(&sim, &link, 10).await;
+    assert!(values.is_empty(), "{values:#?}");
+}
+
+#[tokio::test]
+async fn ending_a_series_keeps_its_first_occurrences_and_switches_the_range_to_an_end_date() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 5 })
+        .unwrap();
+    let before = c.occurrence_ids(ROOM, &master).unwrap();
+    c.move_occurrence(ROOM, &master, 4, at(6, 12), at(6, 13))
+        .unwrap();
+    c.end_series(ROOM, &master, 2).unwrap();
+    assert_eq!(c.occurrence_ids(ROOM, &master).unwrap(), before[..2]);
+    assert_eq!(graph_view(&sim).await.len(), 2);
+    let (_, event) = graph_event(&sim, &master).await;
+    let range = &event["recurrence"]["range"];
+    assert_eq!(range["type"], "endDate");
+    assert_eq!(range["endDate"], "2026-03-03");
+    let all = ews_get_item(&sim, &item_shape("AllProperties", &[]), &master).await;
+    assert_eq!(
+        all.path(&["Recurrence", "EndDateRecurrence", "EndDate"])
+            .unwrap()
+            .text,
+        "2026-03-03Z"
+    );
+    assert!(all.child("ModifiedOccurrences").is_none());
+    assert!(matches!(
+        c.end_series(ROOM, &master, 3),
+        Err(SimError::InvalidMeeting(_))
+    ));
+    assert!(matches!(
+        c.end_series(ROOM, &master, 0),
+        Err(SimError::InvalidMeeting(_))
+    ));
+}
+
+#[tokio::test]
+async fn occurrence_operations_refuse_unknown_occurrences_and_moves_across_a_neighbour() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let single = c.create_meeting(ROOM, meeting("One-off", 2, 9)).unwrap();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 3 })
+        .unwrap();
+    assert!(matches!(
+        c.move_occurrence(ROOM, &master, 3, at(9, 8), at(9, 9)),
+        Err(SimError::UnknownItem(_))
+    ));
+    assert!(matches!(
+        c.cancel_occurrence(ROOM, "nope", 0),
+        Err(SimError::UnknownItem(_))
+    ));
+    assert!(matches!(
+        c.delete_occurrence(ROOM, &single, 0),
+        Err(SimError::InvalidMeeting(_))
+    ));
+    assert!(matches!(
+        c.occurrence_ids(ROOM, &single),
+        Err(SimError::InvalidMeeting(_))
+    ));
+    // Occurrence 0 cannot jump past occurrence 1 (3 March, 08:00).
+    assert!(matches!(
+        c.move_occurrence(ROOM, &master, 0, at(3, 9), at(3, 10)),
+        Err(SimError::InvalidMeeting(_))
+    ));
+    assert!(matches!(
+        c.move_occurrence(ROOM, &master, 1, at(3, 10), at(3, 9)),
+        Err(SimError::InvalidMeeting(_))
+    ));
+    // A refused change leaves the series untouched.
+    let view = graph_view(&sim).await;
+    assert!(view.iter().all(|v| v["type"] != "exception"), "{view:#?}");
+}
+
+#[tokio::test]
+async fn the_existing_meeting_operations_act_on_one_occurrence_when_given_its_id() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 3 })
+        .unwrap();
+    let ids = c.occurrence_ids(ROOM, &master).unwrap();
+    c.move_meeting(ROOM, &ids[0], at(2, 10), at(2, 11)).unwrap();
+    c.cancel_meeting(ROOM, &ids[1]).unwrap();
+    c.delete_meeting(ROOM, &ids[2]).unwrap();
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 2);
+    assert_eq!(view[0]["type"], "exception");
+    assert_eq!(view[0]["start"]["dateTime"], "2026-03-02T10:00:00.0000000");
+    assert_eq!(view[1]["isCancelled"], true);
+    assert_eq!(c.occurrence_ids(ROOM, &master).unwrap(), ids[..2]);
+}
+
+#[tokio::test]
+async fn sync_folder_items_reports_only_the_master_when_an_occurrence_changes() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 3 })
+        .unwrap();
+    let sync = |state: &str| {
+        format!(
+            r#"<m:SyncFolderItems>{}<m:SyncFolderId><t:DistinguishedFolderId Id="calendar"/></m:SyncFolderId><m:SyncState>{state}</m:SyncState><m:MaxChangesReturned>100</m:MaxChangesReturned></m:SyncFolderItems>"#,
+            item_shape("IdOnly", &["calendar:CalendarItemType"])
+        )
+    };
+    let (_, body) = sim.ews(ROOM, &sync("")).await;
+    let msg = response_message(&body, "SyncFolderItems");
+    let creates: Vec<&Node> = msg.child("Changes").unwrap().children.iter().collect();
+    assert_eq!(creates.len(), 1);
+    assert_eq!(creates[0].local, "Create");
+    let state = msg.child("SyncState").unwrap().text.clone();
+
+    c.move_occurrence(ROOM, &master, 1, at(3, 12), at(3, 13))
+        .unwrap();
+    c.delete_occurrence(ROOM, &master, 2).unwrap();
+    let (_, body) = sim.ews(ROOM, &sync(&state)).await;
+    let changes = response_message(&body, "SyncFolderItems")
+        .child("Changes")
+        .unwrap();
+    assert_eq!(child_names(changes), ["Update"]);
+    let item = changes.find("CalendarItem").unwrap();
+    assert_eq!(
+        item.child("ItemId").unwrap().attr("Id"),
+        Some(master.as_str())
+    );
+    assert_eq!(text_of(item, "CalendarItemType"), "RecurringMaster");
+}
+
+#[tokio::test]
+async fn occurrence_changes_push_an_update_of_the_master_to_graph_and_ews() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (status, _) = sim.create_subscription(&subscription_body(&rx, 4200)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    sim.ews_subscribe(&rx.url("/ews"), 1, None).await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 3 })
+        .unwrap();
+    c.move_occurrence(ROOM, &master, 1, at(3, 12), at(3, 13))
+        .unwrap();
+    // The booking itself yields one item modification; the move yields the second.
+    let ews_modified = |r: &[Received]| -> Vec<String> {
+        r.iter()
+            .filter(|r| r.path == "/ews")
+            .flat_map(|r| notification_of(&r.body).events)
+            .filter(|e| e.kind == EventKind::Modified)
+            .filter_map(|e| e.item_id().map(str::to_owned))
+            .collect()
+    };
+    let got = rx
+        .wait_for("a Graph update and an EWS modification", |r| {
+            r.iter()
+                .any(|r| r.path == "/graph" && r.body.contains("\"updated\""))
+                && ews_modified(r).len() >= 2
+        })
+        .await;
+    let update = got
+        .iter()
+        .filter(|r| r.path == "/graph" && r.query.is_empty())
+        .flat_map(|r| parse_notification_collection(r.body.as_bytes()).unwrap())
+        .find(|n| n.kind == GraphKind::Updated)
+        .unwrap();
+    assert_eq!(update.resource_id.as_deref(), Some(master.as_str()));
+    let modified = ews_modified(&got);
+    assert!(modified.iter().all(|id| *id == master), "{modified:?}");
+}
+
+#[tokio::test]
+async fn the_http_control_api_moves_cancels_and_deletes_occurrences_and_ends_series() {
+    let sim = Sim::start().await;
+    let http = &sim.http;
+    let r = http
+        .post(sim.url(&format!("/_sim/rooms/{ROOM}/series")))
+        .json(&json!({
+            "subject": "Daily", "organizer": "alice@sim.example",
+            "start": "2026-03-02T08:00:00Z", "end": "2026-03-02T09:00:00Z",
+            "recurrence": { "pattern": "daily", "count": 5 }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let master = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let occurrences = sim.url(&format!("/_sim/rooms/{ROOM}/series/{master}/occurrences"));
+    let ids: Value = http
+        .get(&occurrences)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = ids["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 5);
+
+    let r = http
+        .patch(format!("{occurrences}/0"))
+        .json(&json!({ "start": "2026-03-02T12:00:00Z", "end": "2026-03-02T13:00:00Z" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], ids[0].as_str());
+    let r = http
+        .patch(format!("{occurrences}/1"))
+        .json(&json!({ "cancel": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], ids[1].as_str());
+    let r = http
+        .delete(format!("{occurrences}/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], ids[2].as_str());
+    let r = http
+        .post(sim.url(&format!("/_sim/rooms/{ROOM}/series/{master}/end")))
+        .json(&json!({ "count": 4 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http
+        .delete(format!("{occurrences}/4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let view = graph_view(&sim).await;
+    let kinds: Vec<(&str, bool)> = view
+        .iter()
+        .map(|v| (v["type"].as_str().unwrap(), v["isCancelled"] == true))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("exception", false),
+            ("exception", true),
+            ("occurrence", false)
+        ]
+    );
+}
+
+// ---- delta generations ---------------------------------------------------------------
+
+#[tokio::test]
+async fn only_the_newest_three_delta_generations_stay_valid_and_older_ones_get_410() {
+    let sim = Sim::start().await;
+    sim.control()
+        .create_meeting(ROOM, meeting("A", 2, 9))
+        .unwrap();
+    let (_, link1, _) = delta_round(&sim, &delta_start(&sim), 10).await;
+    let (_, link2, _) = delta_round(&sim, &link1, 10).await;
+    let (_, link3, _) = delta_round(&sim, &link2, 10).await;
+    // Generations 2, 3 and 4 remain; the first has died.
+    let (_, link4, _) = delta_round(&sim, &link3, 10).await;
+    let (status, body) = sim.graph_get(&link1, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(body["error"]["code"], "SyncStateNotFound");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The sync state generation is not found; generation=1;"),
+        "{message}"
+    );
+    assert!(message.contains("[highest=4]"), "{message}");
+    // An older link that is still kept can be used again (a client retrying a round)...
+    let (values, _, _) = delta_round(&sim, &link2, 10).await;
+    assert!(values.is_empty());
+    // ...which issues generation 5, so generation 2 now dies too.
+    let (status, _) = sim.graph_get(&link2, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    let (status, _) = sim.graph_get(&link4, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_next_link_can_be_fetched_again_until_its_generation_dies() {
+    let sim = Sim::start().await;
+    for day in 2..6 {
+        sim.control()
+            .create_meeting(ROOM, meeting("M", day, 9))
+            .unwrap();
+    }
+    let (status, first) = sim
+        .graph_get(&delta_start(&sim), Some("odata.maxpagesize=2"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let next = first["@odata.nextLink"].as_str().unwrap().to_owned();
+    let (_, again1) = sim.graph_get(&next, None).await;
+    let (_, again2) = sim.graph_get(&next, None).await;
+    assert_eq!(again1, again2);
+    let link = again1["@odata.deltaLink"].as_str().unwrap().to_owned();
+    let (_, link, _) = delta_round(&sim, &link, 10).await;
+    let (_, link, _) = delta_round(&sim, &link, 10).await;
+    let (status, _) = sim.graph_get(&next, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "generation 1 is still among the last three"
+    );
+    delta_round(&sim, &link, 10).await;
+    let (status, body) = sim.graph_get(&next, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(body["error"]["code"], "SyncStateNotFound");
+}
+
+#[tokio::test]
+async fn unknown_skip_and_delta_tokens_get_410_sync_state_not_found() {
+    let sim = Sim::start().await;
+    for query in [
+        "$skiptoken=nope",
+        "$deltatoken=nope",
+        "$deltatoken=00000000000000000000000000000000ffffffff0000000000000001",
+    ] {
+        let (status, body) = sim
+            .graph_get(
+                &sim.url(&format!("/v1.0/users/{ROOM}/calendarView/delta?{query}")),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::GONE, "{query}");
+        assert_eq!(body["error"]["code"], "SyncStateNotFound");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("The sync state generation is not found; generation=")
+        );
+    }
+    let (status, body) = sim
+        .graph_get(
+            &sim.url(&format!("/v1.0/users/{ROOM}/calendarView?$skiptoken=nope")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(body["error"]["code"], "SyncStateNotFound");
+}
+
+#[tokio::test]
+async fn the_odata_function_spelling_of_delta_is_served_with_page_size_preferences() {
+    let sim = Sim::start().await;
+    for day in 2..5 {
+        sim.control()
+            .create_meeting(ROOM, meeting("M", day, 9))
+            .unwrap();
+    }
+    let token = sim.token().await;
+    let r = sim
+        .http
+        .get(sim.url(&format!(
+            "/v1.0/users/{ROOM}/calendarView/delta()?{}",
+            window_query()
+        )))
+        .bearer_auth(&token)
+        .header("Prefer", "odata.maxpagesize=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()
+            .get("preference-applied")
+            .and_then(|v| v.to_str().ok()),
+        Some("odata.maxpagesize=2")
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["value"].as_array().unwrap().len(), 2);
+    let next = body["@odata.nextLink"].as_str().unwrap().to_owned();
+    let (values, link, _) = delta_round(&sim, &next, 2).await;
+    assert_eq!(values.len(), 1);
+    sim.control()
+        .create_meeting(ROOM, meeting("N", 6, 9))
+        .unwrap();
+    let (values, _, _) = delta_round(&sim, &link, 2).await;
+    assert_eq!(values.len(), 1);
+    assert_eq!(values[0]["subject"], "N");
+}
+
+// ---- EWS item shapes -----------------------------------------------------------------
+
+#[tokio::test]
+async fn get_item_with_id_only_returns_the_item_id_plus_only_the_listed_properties() {
+    let sim = Sim::start().await;
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("Shaped", 2, 10))
+        .unwrap();
+    let bare = ews_get_item(&sim, &item_shape("IdOnly", &[]), &id).await;
+    assert_eq!(child_names(&bare), ["ItemId"]);
+    let listed = ews_get_item(
+        &sim,
+        &item_shape(
+            "IdOnly",
+            &[
+                "calendar:End",
+                "item:Subject",
+                "calendar:Organizer",
+                "item:NotAProperty",
+            ],
+        ),
+        &id,
+    )
+    .await;
+    // Schema order, whatever the order asked in; unknown names are ignored.
+    assert_eq!(
+        child_names(&listed),
+        ["ItemId", "Subject", "End", "Organizer"]
+    );
+    assert_eq!(
+        listed
+            .path(&["Organizer", "Mailbox", "EmailAddress"])
+            .unwrap()
+            .text,
+        "alice@sim.example"
+    );
+    let full = ews_get_item(&sim, &item_shape("AllProperties", &[]), &id).await;
+    for name in [
+        "ParentFolderId",
+        "Subject",
+        "LastModifiedTime",
+        "UID",
+        "Start",
+        "End",
+        "IsAllDayEvent",
+        "IsCancelled",
+        "IsRecurring",
+        "CalendarItemType",
+        "Organizer",
+        "Location",
+        "AppointmentSequenceNumber",
+    ] {
+        assert!(full.child(name).is_some(), "{name} missing: {full:#?}");
+    }
+    assert!(full.child("RecurrenceId").is_none());
+    assert!(full.child("Recurrence").is_none());
+}
+
+#[tokio::test]
+async fn the_calendar_fields_the_worker_asks_for_all_come_back_on_an_exception() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 3 })
+        .unwrap();
+    let id = c
+        .move_occurrence(ROOM, &master, 1, at(3, 12), at(3, 13))
+        .unwrap();
+    let fields = [
+        "item:Subject",
+        "item:ParentFolderId",
+        "item:LastModifiedTime",
+        "calendar:UID",
+        "calendar:Start",
+        "calendar:End",
+        "calendar:IsAllDayEvent",
+        "calendar:IsCancelled",
+        "calendar:CalendarItemType",
+        "calendar:Organizer",
+        "calendar:Location",
+        "calendar:IsRecurring",
+        "calendar:RecurrenceId",
+        "calendar:OriginalStart",
+        "calendar:AppointmentSequenceNumber",
+    ];
+    let item = ews_get_item(&sim, &item_shape("IdOnly", &fields), &id).await;
+    assert_eq!(
+        child_names(&item),
+        [
+            "ItemId",
+            "ParentFolderId",
+            "Subject",
+            "LastModifiedTime",
+            "UID",
+            "RecurrenceId",
+            "Start",
+            "End",
+            "OriginalStart",
+            "IsAllDayEvent",
+            "Location",
+            "IsCancelled",
+            "IsRecurring",
+            "CalendarItemType",
+            "Organizer",
+            "AppointmentSequenceNumber"
+        ]
+    );
+    assert_eq!(text_of(&item, "AppointmentSequenceNumber"), "1");
+}
+
+#[tokio::test]
+async fn find_item_gives_the_organizer_name_but_never_its_address_whatever_the_shape() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    c.create_meeting(ROOM, meeting("One-off", 3, 9)).unwrap();
+    c.create_series(ROOM, meeting("Daily", 2, 8), Recurrence::Daily { count: 2 })
+        .unwrap();
+    for shape in [
+        item_shape("IdOnly", &["calendar:Organizer"]),
+        item_shape("Default", &[]),
+        item_shape("AllProperties", &[]),
+    ] {
+        let items = ews_find_view(&sim, &shape).await;
+        assert_eq!(items.len(), 3);
+        for item in &items {
+            let mailbox = item.path(&["Organizer", "Mailbox"]).unwrap();
+            assert_eq!(child_names(mailbox), ["Name"], "{shape}");
+            assert_eq!(mailbox.child("Name").unwrap().text, "Alice");
+        }
+    }
+    // Without a CalendarView FindItem lists masters, still without series properties.
+    let (_, body) = sim
+        .ews(
+            ROOM,
+            &format!(
+                r#"<m:FindItem Traversal="Shallow">{}<m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>"#,
+                item_shape("AllProperties", &[])
+            ),
+        )
+        .await;
+    let items: Vec<&Node> = response_message(&body, "FindItem")
+        .path(&["RootFolder", "Items"])
+        .unwrap()
+        .children_named("CalendarItem")
+        .collect();
+    let master = items
+        .iter()
+        .find(|i| text_of(i, "CalendarItemType") == "RecurringMaster")
+        .unwrap();
+    assert!(master.child("Recurrence").is_none());
+    assert!(master.child("FirstOccurrence").is_none());
+    assert!(master.find("EmailAddress").is_none());
+}
+
+#[tokio::test]
+async fn sync_folder_items_with_id_only_returns_ids_and_the_requested_properties() {
+    let sim = Sim::start().await;
+    sim.control()
+        .create_meeting(ROOM, meeting("Synced", 2, 9))
+        .unwrap();
+    let sync = |shape: &str| {
+        format!(
+            r#"<m:SyncFolderItems>{shape}<m:SyncFolderId><t:DistinguishedFolderId Id="calendar"/></m:SyncFolderId><m:MaxChangesReturned>10</m:MaxChangesReturned></m:SyncFolderItems>"#
+        )
+    };
+    let (_, body) = sim.ews(ROOM, &sync(&item_shape("IdOnly", &[]))).await;
+    let item = response_message(&body, "SyncFolderItems")
+        .find("CalendarItem")
+        .unwrap();
+    assert_eq!(child_names(item), ["ItemId"]);
+    let (_, body) = sim
+        .ews(ROOM, &sync(&item_shape("IdOnly", &["item:Subject"])))
+        .await;
+    let item = response_message(&body, "SyncFolderItems")
+        .find("CalendarItem")
+        .unwrap();
+    assert_eq!(child_names(item), ["ItemId", "Subject"]);
+    assert_eq!(text_of(item, "Subject"), "Synced");
+}
+
+#[tokio::test]
+async fn an_item_shape_is_required_and_its_base_shape_must_be_known() {
+    let sim = Sim::start().await;
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("M", 2, 9))
+        .unwrap();
+    for op in [
+        format!(r#"<m:GetItem><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#),
+        format!(
+            r#"<m:GetItem><m:ItemShape><t:BaseShape>Everything</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#
+        ),
+        r#"<m:SyncFolderItems><m:SyncFolderId><t:DistinguishedFolderId Id="calendar"/></m:SyncFolderId><m:MaxChangesReturned>10</m:MaxChangesReturned></m:SyncFolderItems>"#.to_owned(),
+    ] {
+        let (status, body) = sim.ews(ROOM, &op).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{op}");
+        assert_eq!(fault_code(&body), "a:ErrorSchemaValidation", "{op}");
+    }
 }
