@@ -23,6 +23,8 @@ alter table mailboxes
     -- Last successful round, and last successful full round (the window rolls from it).
     add column synced_at timestamptz,
     add column full_synced_at timestamptz,
+    -- Why the last full round read the whole window (first sync, missed, window moved...).
+    add column full_sync_reason text,
     add constraint mailboxes_sync_cursor_backend_check
         check (sync_cursor_backend in ('ews', 'graph'));
 

@@ -379,8 +379,9 @@ pub struct SyncCursor {
 }
 
 /// Ends a successful round, first thing in the transaction that writes its changes: stores
-/// the cursor, clears failures, schedules the safety-net round at `next_due`, and clears an
-/// owed full resync when this round was full and the request predates the claim. Returns
+/// the cursor, clears failures, schedules the safety-net round at `next_due`, and, when the
+/// round was full (`full_reason` says why), records that and clears an owed full resync
+/// whose request predates the claim. Returns
 /// `false`, changing nothing, when the lease is no longer ours (the round took too long and
 /// another worker has the mailbox): the caller must then roll back.
 ///
@@ -390,15 +391,17 @@ pub async fn finish_sync(
     executor: impl PgExecutor<'_>,
     claim: &SyncClaim,
     cursor: &SyncCursor,
-    full: bool,
+    full_reason: Option<&str>,
     next_due: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
     let (from, to) = cursor.window.unzip();
+    let full = full_reason.is_some();
     let updated = sqlx::query(
         "update mailboxes set
              sync_cursor = $3, sync_cursor_backend = $4, sync_window_start = $5,
              sync_window_end = $6, synced_at = now(),
              full_synced_at = case when $7 then now() else full_synced_at end,
+             full_sync_reason = coalesce($10, full_sync_reason),
              resync_requested_at = case when $7 and resync_requested_at <= $8 then null
                                         else resync_requested_at end,
              resync_reason = case when $7 and resync_requested_at <= $8 then null
@@ -416,6 +419,7 @@ pub async fn finish_sync(
     .bind(full)
     .bind(claim.claimed_at)
     .bind(next_due)
+    .bind(full_reason)
     .execute(executor)
     .await?;
     Ok(updated.rows_affected() == 1)

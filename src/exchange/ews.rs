@@ -88,7 +88,7 @@ impl EwsClient<'_> {
         .to_xml(ServerVersion::default())
         .map_err(|e| ExchangeError::Config(format!("cannot write Subscribe: {e}")))?;
         self.client
-            .with_retries(|| async {
+            .with_retries(request.room, || async {
                 let (status, bytes) = self.post(request.room, body.clone()).await?;
                 match parse_subscribe_response(&bytes) {
                     Ok(Ok(s)) => Ok(SubscribeOutcome::Subscribed {
@@ -124,7 +124,7 @@ impl EwsClient<'_> {
         .to_xml(ServerVersion::default())
         .map_err(|e| ExchangeError::Config(format!("cannot write SyncFolderItems: {e}")))?;
         self.client
-            .with_retries(|| async {
+            .with_retries(room, || async {
                 let (status, bytes) = self.post(room, body.clone()).await?;
                 match parse_sync_folder_items_response(&bytes) {
                     Ok(Ok(changes)) => Ok(SyncOutcome::Changes(changes)),
@@ -153,7 +153,7 @@ impl EwsClient<'_> {
             .to_xml(ServerVersion::default())
             .map_err(|e| ExchangeError::Config(format!("cannot write GetItem: {e}")))?;
         self.client
-            .with_retries(|| async {
+            .with_retries(room, || async {
                 let (status, bytes) = self.post(room, body.clone()).await?;
                 let items =
                     parse_get_item_response(&bytes).map_err(|e| from_response_error(status, e))?;
@@ -197,7 +197,7 @@ impl EwsClient<'_> {
         .to_xml(ServerVersion::default())
         .map_err(|e| ExchangeError::Config(format!("cannot write FindItem: {e}")))?;
         self.client
-            .with_retries(|| async {
+            .with_retries(room, || async {
                 let (status, bytes) = self.post(room, body.clone()).await?;
                 match parse_find_item_response(&bytes) {
                     Ok(Ok(page)) => Ok(page),

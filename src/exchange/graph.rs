@@ -60,7 +60,7 @@ impl GraphClient<'_> {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ExchangeError> {
         self.client
-            .with_retries(|| {
+            .with_retries(mailbox, || {
                 self.attempt(
                     mailbox,
                     method.clone(),
@@ -244,7 +244,9 @@ impl GraphClient<'_> {
     ) -> Result<DeltaOutcome, ExchangeError> {
         let answer = self
             .client
-            .with_retries(|| self.attempt(mailbox, Method::GET, url, None, PREFER_DELTA))
+            .with_retries(mailbox, || {
+                self.attempt(mailbox, Method::GET, url, None, PREFER_DELTA)
+            })
             .await;
         match answer {
             Ok((_, bytes)) => parse_delta_page(&bytes)

@@ -12,7 +12,9 @@
 //! - throttling (Graph `429`/`503` with `Retry-After`, EWS `ErrorServerBusy` with
 //!   `BackOffMilliseconds`) and transient failures (5xx, transport errors) are retried in place
 //!   when the wait is short, with exponential back-off and jitter; a longer wait is returned
-//!   to the caller as [`ExchangeError::Throttled`] so it can reschedule instead of sleeping.
+//!   to the caller as [`ExchangeError::Throttled`] so it can reschedule instead of sleeping;
+//! - a throttled mailbox is paused for every caller, not only the throttled call: the
+//!   subscription upkeep and the sync of one room wait out Exchange's back-off together.
 
 pub mod ews;
 pub mod graph;
@@ -125,6 +127,8 @@ pub struct ExchangeClient {
     limits: Limits,
     global: Arc<Semaphore>,
     mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Mailboxes Exchange asked to back off, until when.
+    paused: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 /// Credentials for one call.
@@ -153,6 +157,7 @@ impl ExchangeClient {
             limits,
             global: Arc::new(Semaphore::new(limits.global)),
             mailboxes: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashMap::new()),
         })
     }
 
@@ -164,11 +169,26 @@ impl ExchangeClient {
         &self.http
     }
 
-    /// Waits for a slot for `mailbox` (and a global one). Dropping the permits frees them.
+    /// Waits out a back-off Exchange asked of `mailbox`, then for a slot for it (and a global
+    /// one). Dropping the permits frees them.
     pub(crate) async fn permits(
         &self,
         mailbox: &str,
     ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ExchangeError> {
+        loop {
+            let until = self
+                .paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&mailbox.to_ascii_lowercase())
+                .copied();
+            match until {
+                Some(until) if until > tokio::time::Instant::now() => {
+                    tokio::time::sleep_until(until).await;
+                }
+                _ => break,
+            }
+        }
         let per_mailbox = {
             let mut map = self
                 .mailboxes
@@ -228,16 +248,34 @@ impl ExchangeClient {
         self.tokens.invalidate(key, token).await;
     }
 
-    /// Runs `call` until it succeeds, fails for good, or needs a wait longer than
-    /// [`Limits::max_inline_wait`], sleeping the hinted time between attempts.
-    pub(crate) async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, ExchangeError>
+    /// Pauses every call to `mailbox` for `wait`.
+    fn pause(&self, mailbox: &str, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+        paused.retain(|_, at| *at > tokio::time::Instant::now());
+        let entry = paused.entry(mailbox.to_ascii_lowercase()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Runs `call` (a request concerning `mailbox`) until it succeeds, fails for good, or needs
+    /// a wait longer than [`Limits::max_inline_wait`], sleeping the hinted time between
+    /// attempts. Throttling pauses the whole mailbox for the time Exchange asked.
+    pub(crate) async fn with_retries<T, F, Fut>(
+        &self,
+        mailbox: &str,
+        mut call: F,
+    ) -> Result<T, ExchangeError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ExchangeError>>,
     {
         let mut attempt = 1;
         loop {
-            match call().await {
+            let outcome = call().await;
+            if let Err(ExchangeError::Throttled { retry_after, .. }) = &outcome {
+                self.pause(mailbox, *retry_after);
+            }
+            match outcome {
                 Err(error) if attempt < self.limits.attempts => match error.retry_hint(attempt) {
                     Some(wait) if wait <= self.limits.max_inline_wait => {
                         tracing::debug!(%error, ?wait, attempt, "retrying an Exchange call");

@@ -32,6 +32,9 @@ pub(crate) fn test_settings(extra: &[(&str, &str)]) -> Settings {
         ("ListenAddress".into(), "127.0.0.1:0".into()),
         ("AdminListenAddress".into(), "127.0.0.1:0".into()),
         ("ShutdownDrainSeconds".into(), "2".into()),
+        // The webhook and health tests seed their own rows: no worker acting on them unless a
+        // test asks for one (the services against the simulator do).
+        ("ServiceRoles".into(), "web".into()),
     ];
     // A key given in `extra` replaces the default above.
     env.retain(|(k, _)| !extra.iter().any(|(e, _)| e.eq_ignore_ascii_case(k)));
@@ -299,6 +302,7 @@ impl Service {
             ("AzureClientSecret", "sim-secret"),
             ("EwsStatusFrequencyMinutes", EWS_STATUS_FREQUENCY),
             ("GraphSubscriptionLifetimeMinutes", "60"),
+            ("ServiceRoles", "web,worker"),
         ]);
         // Its own pool on the test's database: stopping an application closes its pool.
         let own = sqlx::postgres::PgPoolOptions::new()

@@ -217,22 +217,21 @@ impl Syncer {
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(report) => {
-                self.count(&claim, report.full, "ok");
+                self.count(&claim, report.full_reason.is_some(), "ok");
                 tracing::debug!(
                     mailbox = %claim.address,
                     backend = %claim.backend,
-                    full = report.full,
+                    full = report.full_reason.is_some(),
                     events = claim.events,
                     written = report.written,
                     elapsed_ms = started.elapsed().as_millis(),
                     "mailbox synced"
                 );
-                if report.full {
+                if let Some(reason) = report.full_reason {
                     tracing::info!(
                         mailbox = %claim.address,
                         backend = %claim.backend,
-                        reason = full_reason(&claim, self.window(Utc::now()), self.options.full_every)
-                            .unwrap_or("sync state no longer accepted"),
+                        reason,
                         written = report.written,
                         "full sync of the mailbox's window done"
                     );
@@ -348,26 +347,35 @@ impl Syncer {
     /// Reads the round from Exchange, then writes it.
     async fn round(&self, claim: &SyncClaim) -> Result<RoundReport, SyncError> {
         let window = self.window(Utc::now());
-        let full = full_reason(claim, window, self.options.full_every).is_some();
+        let reason = full_reason(claim, window, self.options.full_every);
         let fetched = match claim.backend {
-            Backend::Graph => graph::round(self, claim, window, full).await?,
-            Backend::Ews => ews::round(self, claim, window, full).await?,
+            Backend::Graph => graph::round(self, claim, window, reason.is_some()).await?,
+            Backend::Ews => ews::round(self, claim, window, reason.is_some()).await?,
         };
-        let written = self.apply(claim, &fetched).await?;
+        // A full round nobody asked for: Exchange no longer knew the cursor.
+        let full_reason = fetched
+            .full
+            .then(|| reason.unwrap_or("sync state no longer accepted"));
+        let written = self.apply(claim, &fetched, full_reason).await?;
         Ok(RoundReport {
-            full: fetched.full,
+            full_reason,
             written,
         })
     }
 
     /// Writes a round in one transaction: the lease check and the new cursor first, then the
     /// rows, then the events it covered.
-    async fn apply(&self, claim: &SyncClaim, fetched: &Fetched) -> Result<u64, SyncError> {
+    async fn apply(
+        &self,
+        claim: &SyncClaim,
+        fetched: &Fetched,
+        full_reason: Option<&str>,
+    ) -> Result<u64, SyncError> {
         let next_due = Utc::now()
             + TimeDelta::from_std(self.options.safety_net).unwrap_or_else(|_| TimeDelta::hours(1));
         let changes = &fetched.changes;
         let mut tx = self.pool.begin().await?;
-        if !db::mailboxes::finish_sync(&mut *tx, claim, &fetched.cursor, fetched.full, next_due)
+        if !db::mailboxes::finish_sync(&mut *tx, claim, &fetched.cursor, full_reason, next_due)
             .await?
         {
             return Err(SyncError::LeaseLost);
@@ -404,7 +412,8 @@ impl Syncer {
 
 #[derive(Debug, Clone, Copy)]
 struct RoundReport {
-    full: bool,
+    /// Why the round was full; `None` for an incremental round.
+    full_reason: Option<&'static str>,
     written: u64,
 }
 
