@@ -300,6 +300,95 @@ async fn ews_recurring_series_become_one_row_per_occurrence(pool: PgPool) {
     a_recurring_series_becomes_one_row_per_occurrence(pool, "ews").await;
 }
 
+async fn single_occurrences_moved_cancelled_deleted_or_cut_end_in_the_right_rows(
+    pool: PgPool,
+    backend: &str,
+) {
+    let (stop, sim, app) = start(&pool, backend).await;
+    let control = sim.control();
+    let master = control
+        .create_series(
+            ROOM,
+            meeting("Daily", at(1, 8)),
+            Recurrence::Daily { count: 5 },
+        )
+        .unwrap();
+    let ids = control.occurrence_ids(ROOM, &master).unwrap();
+    assert_eq!(ids.len(), 5);
+    eventually(Duration::from_secs(15), "five occurrences", || async {
+        rows(&pool).await.iter().filter(|r| !r.deleted).count() == 5
+    })
+    .await;
+
+    let moved = control
+        .move_occurrence(ROOM, &master, 1, at(2, 13), at(2, 14))
+        .unwrap();
+    assert_eq!(moved, ids[1]);
+    wait_row(&pool, &ids[1], "one occurrence moved on its own", |r| {
+        r.starts_at == at(2, 13) && r.ends_at == at(2, 14) && !r.deleted
+    })
+    .await;
+    assert_eq!(
+        row(&pool, &ids[0]).await.unwrap().starts_at,
+        at(1, 8),
+        "its neighbours stay"
+    );
+
+    control.cancel_occurrence(ROOM, &master, 2).unwrap();
+    wait_row(&pool, &ids[2], "one occurrence cancelled", |r| {
+        r.is_cancelled && !r.deleted
+    })
+    .await;
+
+    control.delete_occurrence(ROOM, &master, 3).unwrap();
+    wait_row(&pool, &ids[3], "one occurrence deleted", |r| r.deleted).await;
+
+    control.end_series(ROOM, &master, 4).unwrap();
+    wait_row(
+        &pool,
+        &ids[4],
+        "the series ended before its last occurrence",
+        |r| r.deleted,
+    )
+    .await;
+    drained(&pool).await;
+
+    let live: Vec<(String, DateTime<Utc>, bool)> = rows(&pool)
+        .await
+        .into_iter()
+        .filter(|r| !r.deleted)
+        .map(|r| (r.item_id, r.starts_at, r.is_cancelled))
+        .collect();
+    assert_eq!(
+        live,
+        vec![
+            (ids[0].clone(), at(1, 8), false),
+            (ids[1].clone(), at(2, 13), false),
+            (ids[2].clone(), at(3, 8), true),
+        ]
+    );
+    assert!(
+        rows(&pool)
+            .await
+            .iter()
+            .all(|r| r.series_master_id.as_deref() == Some(master.as_str()))
+    );
+    app.stop().await;
+    stop.cancel();
+}
+
+#[sqlx::test]
+async fn graph_single_occurrences_moved_cancelled_deleted_or_cut_end_in_the_right_rows(
+    pool: PgPool,
+) {
+    single_occurrences_moved_cancelled_deleted_or_cut_end_in_the_right_rows(pool, "graph").await;
+}
+
+#[sqlx::test]
+async fn ews_single_occurrences_moved_cancelled_deleted_or_cut_end_in_the_right_rows(pool: PgPool) {
+    single_occurrences_moved_cancelled_deleted_or_cut_end_in_the_right_rows(pool, "ews").await;
+}
+
 // ---- duplicates, retries and bursts ---------------------------------------------------------
 
 /// The live rows, without row ids or timestamps of writing (a meeting created and deleted
