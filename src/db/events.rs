@@ -148,7 +148,7 @@ pub async fn store_batch(
     .await
 }
 
-/// Events stored per mailbox, for status views.
+/// Events and reservations per mailbox, for the demo's view.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MailboxCounts {
     pub address: String,
@@ -156,10 +156,15 @@ pub struct MailboxCounts {
     /// The active subscription's status, or the latest one's.
     pub subscription_status: Option<String>,
     pub events: i64,
-    pub pending: i64,
+    /// Events waiting for a sync round (or in one).
+    pub queued: i64,
+    /// Reservation rows that are not deleted.
+    pub reservations: i64,
+    pub synced_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Per configured mailbox: its subscription status and how many events were stored.
+/// Per configured mailbox: its subscription status, how many events were stored and wait for
+/// the sync, its live reservations and its last sync.
 ///
 /// # Errors
 /// Database errors.
@@ -170,10 +175,14 @@ pub async fn counts_by_mailbox(
         "select m.address, m.backend,
                 (select s.status from subscriptions s where s.mailbox_id = m.id
                  order by (s.status = 'active') desc, s.id desc limit 1) as subscription_status,
-                count(e.id) filter (where e.kind <> 'status') as events,
-                count(e.id) filter (where e.status = 'pending') as pending
-         from mailboxes m left join notification_events e on e.mailbox_id = m.id
-         group by m.id order by m.address",
+                (select count(*) from notification_events e
+                 where e.mailbox_id = m.id and e.kind <> 'status') as events,
+                (select count(*) from notification_events e
+                 where e.mailbox_id = m.id and e.status in ('pending', 'processing')) as queued,
+                (select count(*) from reservations r
+                 where r.mailbox_id = m.id and r.deleted_at is null) as reservations,
+                m.synced_at
+         from mailboxes m order by m.address",
     )
     .fetch_all(executor)
     .await

@@ -273,3 +273,25 @@ pub async fn known_series_uids(
     .fetch_all(executor)
     .await
 }
+
+/// When the row of `item_id` was written at or after `since`: when it was created (`created`)
+/// or last changed (the demo's change → reservation latency).
+///
+/// # Errors
+/// Database errors.
+pub async fn written_since(
+    executor: impl PgExecutor<'_>,
+    item_id: &str,
+    since: DateTime<Utc>,
+    created: bool,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select max(case when $3 then created_at else updated_at end) from reservations
+         where item_id = $1 and (case when $3 then created_at else updated_at end) >= $2",
+    )
+    .bind(item_id)
+    .bind(since)
+    .bind(created)
+    .fetch_one(executor)
+    .await
+}

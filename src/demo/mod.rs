@@ -4,7 +4,8 @@
 //! On a machine with nothing configured it runs everything on loopback: the Exchange
 //! simulator, the real service (the same [`Application`] as `serve`) pointed at it, a busy
 //! office booking, moving and cancelling meetings, and a terminal view of each change as it
-//! travels from "Exchange" to a committed row, with its latency. It uses its own database
+//! travels from "Exchange" to its committed notification and on to its reservation row, with
+//! both latencies. It uses its own database
 //! `rooms_sync_demo` on the configured Postgres server; where none answers but PostgreSQL's
 //! binaries are installed, a throwaway cluster that is removed on exit.
 
@@ -52,14 +53,18 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-/// A change made in "Exchange" and when its first notification was committed.
+/// A change made in "Exchange", when its first notification was committed and when its
+/// reservation row was written.
 #[derive(Debug, Clone)]
 struct Tracked {
     /// Identity across redraws: the list shifts as new changes are pushed to its front.
     seq: u64,
     change: BusyChange,
+    /// The id the service stores for the item (Graph rooms: the immutable Graph id).
+    stored_id: String,
     at: DateTime<Utc>,
-    seen: Option<DateTime<Utc>>,
+    notified: Option<DateTime<Utc>>,
+    applied: Option<DateTime<Utc>>,
 }
 
 /// Runs the demo until `shutdown` is cancelled or `--seconds` have passed.
@@ -315,9 +320,11 @@ async fn book(
             seq += 1;
             list.push_front(Tracked {
                 seq,
+                stored_id: change.item_id.clone(),
                 change,
                 at,
-                seen: None,
+                notified: None,
+                applied: None,
             });
             list.truncate(500);
         }
@@ -359,21 +366,58 @@ async fn show(
     Ok(())
 }
 
-/// Changes still travelling, by sequence number: the list shifts while the database is asked,
-/// as the busy office pushes new changes to its front.
-fn unseen(list: &VecDeque<Tracked>) -> Vec<(u64, String, DateTime<Utc>)> {
-    list.iter()
-        .filter(|t| t.seen.is_none())
-        .map(|t| (t.seq, t.change.item_id.clone(), t.at))
-        .collect()
+/// What is still travelling, by sequence number (the list shifts while the database is
+/// asked, as the busy office pushes new changes to its front): the changes without a
+/// committed notification, and those without a written reservation.
+fn unseen(list: &VecDeque<Tracked>) -> (Vec<Travelling>, Vec<Travelling>) {
+    let pick = |t: &Tracked| Travelling {
+        seq: t.seq,
+        item: t.stored_id.clone(),
+        at: t.at,
+        booked: t.change.action == "booked",
+    };
+    (
+        list.iter()
+            .filter(|t| t.notified.is_none())
+            .map(pick)
+            .collect(),
+        list.iter()
+            .filter(|t| t.applied.is_none())
+            .map(pick)
+            .collect(),
+    )
 }
 
-fn mark_seen(list: &mut VecDeque<Tracked>, seen: &HashMap<u64, DateTime<Utc>>) {
+/// A change still on its way, as the database is asked about it.
+#[derive(Debug)]
+struct Travelling {
+    seq: u64,
+    item: String,
+    at: DateTime<Utc>,
+    /// A booking's row is new: its creation is what to look for.
+    booked: bool,
+}
+
+fn mark_seen(
+    list: &mut VecDeque<Tracked>,
+    notified: &HashMap<u64, DateTime<Utc>>,
+    applied: &HashMap<u64, DateTime<Utc>>,
+) {
     for t in list.iter_mut() {
-        if let Some(when) = seen.get(&t.seq) {
-            t.seen = Some(*when);
+        if let Some(when) = notified.get(&t.seq) {
+            t.notified = Some(*when);
+        }
+        if let Some(when) = applied.get(&t.seq) {
+            t.applied = Some(*when);
         }
     }
+}
+
+/// Percentiles of a sorted list of milliseconds, `-` when empty.
+fn percentile(sorted: &[i64], p: f64) -> String {
+    sorted
+        .get(((sorted.len().saturating_sub(1)) as f64 * p).round() as usize)
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
 async fn frame(
@@ -381,23 +425,28 @@ async fn frame(
     header: &str,
     tracked: &Mutex<VecDeque<Tracked>>,
 ) -> anyhow::Result<String> {
-    // Match changes to the first notification committed for their item since the change.
-    let pending = unseen(
+    let (to_notify, to_apply) = unseen(
         &tracked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
-    let mut seen = HashMap::new();
-    for (seq, item, at) in pending {
-        if let Some(when) = db::events::first_seen_since(pool, &item, at).await? {
-            seen.insert(seq, when);
+    let mut notified = HashMap::new();
+    for t in to_notify {
+        if let Some(when) = db::events::first_seen_since(pool, &t.item, t.at).await? {
+            notified.insert(t.seq, when);
+        }
+    }
+    let mut applied = HashMap::new();
+    for t in to_apply {
+        if let Some(when) = db::reservations::written_since(pool, &t.item, t.at, t.booked).await? {
+            applied.insert(t.seq, when);
         }
     }
     let snapshot: Vec<Tracked> = {
         let mut list = tracked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        mark_seen(&mut list, &seen);
+        mark_seen(&mut list, &notified, &applied);
         list.iter().cloned().collect()
     };
     let counts = db::events::counts_by_mailbox(pool).await?;
@@ -406,64 +455,87 @@ async fn frame(
     out.push_str(header);
     out.push_str("\n\n");
     out.push_str(&format!(
-        "{:<24} {:<7} {:<13} {:>8} {:>8} {:>9}\n",
-        "ROOM", "BACKEND", "SUBSCRIPTION", "CHANGES", "EVENTS", "UNAPPLIED"
+        "{:<24} {:<7} {:<13} {:>7} {:>6} {:>6} {:>12} {:>10}\n",
+        "ROOM",
+        "BACKEND",
+        "SUBSCRIPTION",
+        "CHANGES",
+        "EVENTS",
+        "QUEUED",
+        "RESERVATIONS",
+        "LAST SYNC"
     ));
+    let now = Utc::now();
     for c in &counts {
         let changes = snapshot
             .iter()
             .filter(|t| t.change.room == c.address)
             .count();
+        let synced = c.synced_at.map_or_else(
+            || "-".to_owned(),
+            |at| {
+                format!(
+                    "{:.1} s ago",
+                    (now - at).num_milliseconds().max(0) as f64 / 1000.0
+                )
+            },
+        );
         out.push_str(&format!(
-            "{:<24} {:<7} {:<13} {:>8} {:>8} {:>9}\n",
+            "{:<24} {:<7} {:<13} {:>7} {:>6} {:>6} {:>12} {:>10}\n",
             c.address,
             c.backend,
             c.subscription_status.as_deref().unwrap_or("none"),
             changes,
             c.events,
-            c.pending
+            c.queued,
+            c.reservations,
+            synced,
         ));
     }
-    let mut latencies: Vec<i64> = snapshot
-        .iter()
-        .filter_map(|t| t.seen.map(|s| (s - t.at).num_milliseconds().max(0)))
-        .collect();
-    latencies.sort_unstable();
-    let waiting = snapshot.iter().filter(|t| t.seen.is_none()).count();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len().saturating_sub(1)) as f64 * p).round() as usize)
-            .copied()
+    let latencies = |pick: fn(&Tracked) -> Option<DateTime<Utc>>| {
+        let mut ms: Vec<i64> = snapshot
+            .iter()
+            .filter_map(|t| pick(t).map(|s| (s - t.at).num_milliseconds().max(0)))
+            .collect();
+        ms.sort_unstable();
+        ms
     };
+    let notify = latencies(|t| t.notified);
+    let apply = latencies(|t| t.applied);
+    let travelling = snapshot.iter().filter(|t| t.applied.is_none()).count();
     out.push_str(&format!(
-        "\nchanges made in Exchange: {} · committed by the webhook: {} (change → committed p50 {} ms, max {} ms) · still travelling: {waiting}\n",
+        "\nchanges made in Exchange: {} · notification committed: {} (p50 {} ms, max {} ms) · \
+         reservation written: {} (p50 {} ms, p99 {} ms, max {} ms) · still travelling: {travelling}\n",
         snapshot.len(),
-        latencies.len(),
-        pct(0.5).map_or_else(|| "-".to_owned(), |v| v.to_string()),
-        pct(1.0).map_or_else(|| "-".to_owned(), |v| v.to_string()),
+        notify.len(),
+        percentile(&notify, 0.5),
+        percentile(&notify, 1.0),
+        apply.len(),
+        percentile(&apply, 0.5),
+        percentile(&apply, 0.99),
+        percentile(&apply, 1.0),
     ));
-    out.push_str("\nrecent changes\n");
+    out.push_str("\nrecent changes                                                      notification  reservation\n");
     for t in snapshot.iter().take(RECENT) {
-        let travel = t.seen.map_or_else(
-            || "on its way".to_owned(),
-            |s| {
-                format!(
-                    "committed {} ms later",
-                    (s - t.at).num_milliseconds().max(0)
-                )
-            },
-        );
+        let after = |when: Option<DateTime<Utc>>| {
+            when.map_or_else(
+                || "…".to_owned(),
+                |s| format!("+{} ms", (s - t.at).num_milliseconds().max(0)),
+            )
+        };
         out.push_str(&format!(
-            "  {}  {:<22} {:<9} {:<18} {travel}\n",
+            "  {}  {:<22} {:<9} {:<18} {:>12}  {:>11}\n",
             t.at.format("%H:%M:%S%.3f"),
             t.change.room,
             t.change.action,
             t.change.subject,
+            after(t.notified),
+            after(t.applied),
         ));
     }
     out.push_str(
-        "\nUNAPPLIED: notifications committed and waiting for the sync worker, which turns them \
-         into reservations (not built yet).\nCtrl-C stops everything.",
+        "\nEach change travels: Exchange → push notification → committed event → sync round \
+         (Graph delta / EWS SyncFolderItems + GetItem) → reservation row.\nCtrl-C stops everything.",
     );
     Ok(out)
 }
@@ -475,6 +547,7 @@ mod tests {
     fn tracked(seq: u64, item: &str) -> Tracked {
         Tracked {
             seq,
+            stored_id: item.to_owned(),
             change: BusyChange {
                 room: "room-01@sim.example".to_owned(),
                 item_id: item.to_owned(),
@@ -482,30 +555,42 @@ mod tests {
                 subject: "Busy meeting 1".to_owned(),
             },
             at: Utc::now(),
-            seen: None,
+            notified: None,
+            applied: None,
         }
     }
 
     #[test]
     fn a_match_lands_on_its_change_even_when_newer_changes_arrived_meanwhile() {
         let mut list = VecDeque::from([tracked(2, "b"), tracked(1, "a")]);
-        let asked = unseen(&list);
+        let (asked, _) = unseen(&list);
         assert_eq!(asked.len(), 2);
         // While the database is asked, the busy office books two more meetings.
         list.push_front(tracked(3, "c"));
         list.push_front(tracked(4, "d"));
         let when = Utc::now();
-        let seen: HashMap<u64, DateTime<Utc>> =
-            asked.iter().map(|(seq, _, _)| (*seq, when)).collect();
-        mark_seen(&mut list, &seen);
-        let marked: Vec<(&str, bool)> = list
+        let seen: HashMap<u64, DateTime<Utc>> = asked.iter().map(|t| (t.seq, when)).collect();
+        mark_seen(&mut list, &seen, &HashMap::from([(2, when)]));
+        let marked: Vec<(&str, bool, bool)> = list
             .iter()
-            .map(|t| (t.change.item_id.as_str(), t.seen.is_some()))
+            .map(|t| {
+                (
+                    t.change.item_id.as_str(),
+                    t.notified.is_some(),
+                    t.applied.is_some(),
+                )
+            })
             .collect();
         assert_eq!(
             marked,
-            vec![("d", false), ("c", false), ("b", true), ("a", true)]
+            vec![
+                ("d", false, false),
+                ("c", false, false),
+                ("b", true, true),
+                ("a", true, false)
+            ]
         );
-        assert_eq!(unseen(&list).len(), 2);
+        let (to_notify, to_apply) = unseen(&list);
+        assert_eq!((to_notify.len(), to_apply.len()), (2, 3));
     }
 }
