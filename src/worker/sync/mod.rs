@@ -58,6 +58,11 @@ pub struct SyncOptions {
     pub retry: RetryPolicy,
     /// Ids per `GetItem` request.
     pub get_item_batch: usize,
+    /// The least time between two claim queries. Ingest wakes the loop after every commit;
+    /// under heavy webhook load that could mean thousands of claim queries a second competing
+    /// with ingest for Postgres. A few milliseconds of gap bounds that at no visible cost to
+    /// freshness, and lets a burst's commits land before the claim that takes them all.
+    pub claim_gap: Duration,
 }
 
 impl Default for SyncOptions {
@@ -72,6 +77,7 @@ impl Default for SyncOptions {
             retry: RetryPolicy::SYNC,
             // Microsoft suggests small batches; each item in a batch is throttled on its own.
             get_item_batch: 50,
+            claim_gap: Duration::from_millis(10),
         }
     }
 }
@@ -144,8 +150,14 @@ pub struct Syncer {
 pub async fn run(syncer: Syncer, wake: Arc<Notify>, drain: Duration, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(syncer.options.concurrency.max(1)));
     let mut running: JoinSet<()> = JoinSet::new();
+    let mut last_claim = tokio::time::Instant::now() - syncer.options.claim_gap;
     loop {
         while running.try_join_next().is_some() {}
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep_until(last_claim + syncer.options.claim_gap) => {}
+        }
+        last_claim = tokio::time::Instant::now();
         let free = slots.available_permits();
         if free > 0 {
             match syncer.claim(free).await {
@@ -289,6 +301,8 @@ impl Syncer {
             mailbox = %claim.address,
             backend = %claim.backend,
             attempt,
+            events = claim.events,
+            most_event_attempts = claim.max_attempts,
             retry_in = ?wait,
             error = %message,
             "sync round failed"
