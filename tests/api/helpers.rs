@@ -160,6 +160,15 @@ pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The URL of the test's own database, for the binary.
+pub(crate) fn database_url(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    let name = options
+        .get_database()
+        .expect("sqlx::test names the database");
+    format!("{}/{name}", server_url())
+}
+
 /// A loopback port that was free a moment ago (for processes that must be told their port).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

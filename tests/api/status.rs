@@ -8,16 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, binary, free_port, server_url, stderr, stdout};
-
-/// The URL of the test's own database, for the binary.
-fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    let name = options
-        .get_database()
-        .expect("sqlx::test names the database");
-    format!("{}/{name}", server_url())
-}
+use crate::helpers::{TestApp, binary, database_url, free_port, server_url, stderr, stdout};
 
 /// Runs `rooms-sync ARGS` against `url` with nothing else configured.
 fn run_against(url: &str, args: &[&str]) -> Output {

@@ -10,7 +10,9 @@ use rooms_sync::simulator::{Fault, Meeting, Recurrence, SimulatorHandle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Service, TestApp, eventually, simulator};
+use crate::helpers::{
+    Service, TestApp, binary, database_url, eventually, simulator, stderr, stdout,
+};
 
 const ROOM: &str = "room1@sim.example";
 const ORGANIZER: &str = "alice@sim.example";
@@ -725,10 +727,12 @@ async fn ews_server_busy_is_honoured(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn events_of_a_mailbox_that_keeps_failing_end_dead_with_the_error(pool: PgPool) {
+async fn events_that_keep_failing_end_dead_with_the_error_and_replay_brings_them_back(
+    pool: PgPool,
+) {
     let stop = CancellationToken::new();
     let sim = simulator(&stop).await;
-    // A room Exchange does not know: every round fails.
+    // A room Exchange does not know (yet): every round fails.
     let app = Service::new("graph:nobody@sim.example")
         .start(&pool, &sim)
         .await;
@@ -777,6 +781,49 @@ async fn events_of_a_mailbox_that_keeps_failing_end_dead_with_the_error(pool: Pg
             .unwrap();
     assert!(failures >= 4);
     assert!(sync_error.is_some());
+
+    // The room appears (booking into it creates it); the operator replays the dead event.
+    let a = sim
+        .control()
+        .create_meeting("nobody@sim.example", meeting("At last", at(1, 9)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let output = binary(
+        dir.path(),
+        &[
+            ("IdpRootUrl", "https://rooms.example"),
+            ("DatabaseUrl", &database_url(&pool)),
+        ],
+    )
+    .args(["events", "replay", "--all"])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("replayed 1 dead event"),
+        "{}",
+        stdout(&output)
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the replayed event is synced",
+        || async {
+            sqlx::query_scalar::<_, String>(
+                "select status from notification_events where dedupe_key = 'doomed'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == "done"
+        },
+    )
+    .await;
+    let written: i64 = sqlx::query_scalar("select count(*) from reservations where item_id = $1")
+        .bind(&a)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
     app.stop().await;
     stop.cancel();
 }
