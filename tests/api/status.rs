@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, binary, database_url, free_port, server_url, stderr, stdout};
+use crate::helpers::{TestApp, binary, database_url, free_port, stderr, stdout};
 
 /// Runs `rooms-sync ARGS` against `url` with nothing else configured.
 fn run_against(url: &str, args: &[&str]) -> Output {
