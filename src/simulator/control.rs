@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::calendar::{Applied, Meeting, Recurrence, parse_occurrence_id};
+use super::ids::{self, GraphIdType};
 use super::oauth::TokenResource;
 use super::{AppState, Shared, SimError, json_response, push};
 
@@ -76,6 +77,11 @@ pub enum AuthScheme {
 pub struct RequestRecord {
     pub method: String,
     pub path: String,
+    /// The query string, undecoded, without the `?` (Graph's `$deltatoken`, `$skiptoken`...).
+    pub query: Option<String>,
+    /// For EWS, the SOAP operation's local name (`SyncFolderItems`, `GetItem`...), when the
+    /// body could be read.
+    pub operation: Option<String>,
     pub at: DateTime<Utc>,
     pub status: u16,
     /// The `Prefer` header (several are joined with `, `).
@@ -495,6 +501,14 @@ impl Control {
             )));
         }
         Ok(item.expand().into_iter().map(|i| i.id).collect())
+    }
+
+    /// The id Graph shows for an item or occurrence, given the EWS id the control API
+    /// returned: the REST id (URL-safe base64) that requests without
+    /// `Prefer: IdType="ImmutableId"` get, or with `immutable` the immutable id that requests
+    /// and subscriptions asking for it get. Tests compare Graph rows with this.
+    pub fn graph_id(&self, item_id: &str, immutable: bool) -> String {
+        ids::graph_id(item_id, GraphIdType::from_prefer(immutable))
     }
 
     /// Injects a fault.

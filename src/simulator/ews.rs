@@ -295,7 +295,29 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Auth, Box<Respon
 /// with 500s. Impersonating an address that has no mailbox is an `ErrorNonExistentMailbox`
 /// fault.
 async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let auth = match authenticate(&shared, &headers) {
+    let parsed = xml::parse(&body);
+    // Named on the response, whatever it is, so the request log can tell operations apart.
+    let operation = parsed.as_ref().ok().and_then(|root| {
+        root.child("Body")
+            .and_then(|b| b.children.iter().find(|c| c.ns.is_ews()))
+            .map(|op| op.local.clone())
+    });
+    let mut response = respond(&shared, &headers, parsed);
+    if let Some(operation) = operation {
+        response
+            .extensions_mut()
+            .insert(super::SoapOperation(operation));
+    }
+    response
+}
+
+/// [`handle`] once the body is parsed (or not).
+fn respond(
+    shared: &AppState,
+    headers: &HeaderMap,
+    parsed: Result<Node, crate::ews::SoapError>,
+) -> Response {
+    let auth = match authenticate(shared, headers) {
         Ok(auth) => auth,
         Err(refusal) => return *refusal,
     };
@@ -317,7 +339,7 @@ async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes)
             ),
         );
     }
-    let root = match xml::parse(&body) {
+    let root = match parsed {
         Ok(root) if root.ns == Ns::Soap && root.local == "Envelope" => root,
         Ok(_) => {
             return soap_fault(
@@ -399,10 +421,10 @@ async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes)
         anchor,
     };
     match op.local.as_str() {
-        "Subscribe" => subscribe(&shared, op, &who),
-        "GetItem" => get_item(&shared, op, &who),
-        "FindItem" => find_item(&shared, op, &who),
-        "SyncFolderItems" => sync_folder_items(&shared, op, &who),
+        "Subscribe" => subscribe(shared, op, &who),
+        "GetItem" => get_item(shared, op, &who),
+        "FindItem" => find_item(shared, op, &who),
+        "SyncFolderItems" => sync_folder_items(shared, op, &who),
         other => soap_fault(
             "ErrorInvalidRequest",
             &format!("The simulator does not implement {other}."),

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use super::busy::SplitMix64;
 use super::calendar::{Instance, InstanceKind, Item, Room, occurrence_id, weekday_name};
 use super::control::{Backend, GraphSubscriptionSnapshot, PushRecord};
+use super::ids::{self, GraphIdType};
 use super::oauth::TokenResource;
 use super::{
     AppState, BearerCheck, SimState, check_bearer, ews_datetime, graph_datetime, json_response,
@@ -400,7 +401,7 @@ fn expiration_too_far(message: &str) -> Response {
 }
 
 /// Whether a `Prefer` header asks for immutable ids (`IdType="ImmutableId"`).
-fn prefers_immutable_id(headers: &HeaderMap) -> bool {
+pub(crate) fn prefers_immutable_id(headers: &HeaderMap) -> bool {
     headers
         .get_all("prefer")
         .iter()
@@ -935,10 +936,14 @@ pub(crate) fn display_name(address: &str) -> String {
 async fn get_event(
     State(shared): State<AppState>,
     Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    // Graph takes an event id in any format (EWS, REST or immutable) and answers in the
+    // format the request prefers.
+    let id_type = GraphIdType::from_prefer(prefers_immutable_id(&headers));
     let found = {
         let state = shared.lock();
-        state.cal.user(&room).map(|r| r.instance(&id))
+        state.cal.user(&room).map(|r| r.instance(&ids::ews_id(&id)))
     };
     match found {
         None => unknown_user(&room),
@@ -949,6 +954,7 @@ async fn get_event(
         ),
         Some(Some(inst)) => {
             let mut v = event_json(&inst);
+            ids::graph_event_ids(&mut v, id_type);
             if let Some(o) = v.as_object_mut() {
                 o.insert(
                     "@odata.context".to_owned(),
@@ -1046,8 +1052,14 @@ fn park_answer(
     })
 }
 
-/// One page with its `@odata.nextLink` or `@odata.deltaLink` and `Preference-Applied`.
-fn serve_page(shared: &AppState, page: Page, context: &str) -> Response {
+/// One page with its `@odata.nextLink` or `@odata.deltaLink` and `Preference-Applied`, its
+/// events' ids (parked as EWS ids) in the format this request asked for.
+fn serve_page(shared: &AppState, page: Page, context: &str, headers: &HeaderMap) -> Response {
+    let id_type = GraphIdType::from_prefer(prefers_immutable_id(headers));
+    let mut values = page.values;
+    for v in &mut values {
+        ids::graph_event_ids(v, id_type);
+    }
     let mut body = serde_json::Map::new();
     body.insert("@odata.context".to_owned(), json!(context));
     if let Some(next) = &page.next {
@@ -1067,7 +1079,7 @@ fn serve_page(shared: &AppState, page: Page, context: &str) -> Response {
             )),
         );
     }
-    body.insert("value".to_owned(), Value::Array(page.values));
+    body.insert("value".to_owned(), Value::Array(values));
     let mut response = json_response(StatusCode::OK, &Value::Object(body));
     if let Ok(v) = HeaderValue::from_str(&format!("odata.maxpagesize={}", page.page_size)) {
         response.headers_mut().insert("preference-applied", v);
@@ -1125,7 +1137,7 @@ async fn calendar_view(
         shared.base_url
     );
     match continuation(&shared, &query) {
-        Some(Ok(page)) => return serve_page(&shared, page, &context),
+        Some(Ok(page)) => return serve_page(&shared, page, &context, &headers),
         Some(Err(gone)) => return gone,
         None => {}
     }
@@ -1146,7 +1158,7 @@ async fn calendar_view(
             None,
         )
     };
-    serve_page(&shared, page, &context)
+    serve_page(&shared, page, &context, &headers)
 }
 
 fn removed(id: &str) -> Value {
@@ -1209,7 +1221,7 @@ async fn calendar_delta(
 ) -> Response {
     let context = format!("{}/v1.0/$metadata#Collection(event)", shared.base_url);
     match continuation(&shared, &query) {
-        Some(Ok(page)) => return serve_page(&shared, page, &context),
+        Some(Ok(page)) => return serve_page(&shared, page, &context, &headers),
         Some(Err(gone)) => return gone,
         None => {}
     }
@@ -1258,7 +1270,7 @@ async fn calendar_delta(
             Some((chain, generation, then)),
         )
     };
-    serve_page(&shared, page, &context)
+    serve_page(&shared, page, &context, &headers)
 }
 
 #[cfg(test)]

@@ -12,7 +12,12 @@
 //! Used in-process by integration tests through [`Simulator::start`] and [`Control`], and by
 //! `rooms-sync simulate` through [`run`]. Time-based behaviour (push retries, status
 //! frequency, token lifetime) is divided by [`SimulatorConfig::time_scale`] so tests can run
-//! an hour of Exchange in seconds.
+//! an hour of Exchange in seconds. [`SimulatorConfig::latency`] makes every Graph, EWS and
+//! token answer wait (real time), for measuring a client against a realistic round trip.
+//!
+//! Items are kept under their EWS ids, which EWS and the control API show; Graph shows REST
+//! ids, or immutable ids to a request (or a subscription) made with
+//! `Prefer: IdType="ImmutableId"`, as Microsoft does ([`Control::graph_id`] converts).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,6 +40,7 @@ pub mod calendar;
 pub mod control;
 pub mod ews;
 pub mod graph;
+pub(crate) mod ids;
 pub mod oauth;
 pub mod push;
 
@@ -63,6 +69,10 @@ pub struct SimulatorConfig {
     pub client_secret: String,
     /// Room SMTP addresses known at start (more are created by booking into them).
     pub rooms: Vec<String>,
+    /// How long every Graph, EWS and token request waits before it is answered, as a
+    /// network and a busy Exchange make a client wait (not the `/_sim` control API, not
+    /// pushes). Real time: `time_scale` does not divide it.
+    pub latency: Duration,
 }
 
 impl Default for SimulatorConfig {
@@ -75,6 +85,7 @@ impl Default for SimulatorConfig {
             client_id: "sim-client".to_owned(),
             client_secret: "sim-secret".to_owned(),
             rooms: (1..=3).map(|i| format!("room{i}@sim.example")).collect(),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -285,14 +296,22 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "no such simulated endpoint").into_response()
 }
 
+/// The SOAP operation an EWS response answered (its local name, e.g. `SyncFolderItems`),
+/// left on the response for [`record_request`].
+#[derive(Debug, Clone)]
+pub(crate) struct SoapOperation(pub(crate) String);
+
 /// Records every request outside the control API with the status it got, and with what a
-/// client test asserts on: its `Prefer` and `X-AnchorMailbox` headers and how it
+/// client test asserts on: its query, its `Prefer` and `X-AnchorMailbox` headers, how it
 /// authenticated (the scheme, and for a bearer token the resource it was issued for; never
-/// the credential itself).
+/// the credential itself) and, for EWS, the SOAP operation. Also where the configured
+/// latency is spent, before the handler runs.
 async fn record_request(State(shared): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
     let at = Utc::now();
+    let control = path.starts_with("/_sim/");
     let headers = request.headers();
     let prefer = joined_header(headers, "prefer");
     let anchor_mailbox = joined_header(headers, "x-anchormailbox");
@@ -301,8 +320,21 @@ async fn record_request(State(shared): State<AppState>, request: Request, next: 
         // Read before the handler runs: a revoked token is still recorded as what it was.
         shared.lock().tokens.get(t).map(|t| t.resource)
     });
+    let latency = shared.config.latency;
+    if !control && !latency.is_zero() {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => {
+                return (StatusCode::SERVICE_UNAVAILABLE, "the simulator is stopping").into_response();
+            }
+            () = tokio::time::sleep(latency) => {}
+        }
+    }
     let response = next.run(request).await;
-    if !path.starts_with("/_sim/") {
+    if !control {
+        let operation = response
+            .extensions()
+            .get::<SoapOperation>()
+            .map(|o| o.0.clone());
         let mut state = shared.lock();
         if state.requests.len() >= MAX_RECORDS {
             state.requests.pop_front();
@@ -310,6 +342,8 @@ async fn record_request(State(shared): State<AppState>, request: Request, next: 
         state.requests.push_back(RequestRecord {
             method,
             path,
+            query,
+            operation,
             at,
             status: response.status().as_u16(),
             prefer,
@@ -435,6 +469,9 @@ pub struct SimulateArgs {
         default_value = "room1@sim.example,room2@sim.example,room3@sim.example"
     )]
     pub rooms: Vec<String>,
+    /// Milliseconds every Graph, EWS and token request waits before it is answered.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
     /// Busy-office mode: how many of the rooms get random bookings (0 = off).
     #[arg(long, default_value_t = 0)]
     pub busy_rooms: usize,
@@ -483,6 +520,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         seed: args.seed,
         time_scale: args.time_scale,
         rooms,
+        latency: Duration::from_millis(args.latency_ms),
         ..SimulatorConfig::default()
     };
     let handle = Simulator::start(config.clone(), shutdown.clone()).await?;

@@ -18,6 +18,7 @@ use super::calendar::Applied;
 use super::control::{Backend, EwsEnd, LifecycleKind, PushRecord};
 use super::ews::{self, OutEvent};
 use super::graph::purge_expired;
+use super::ids::{self, GraphIdType};
 use super::{Shared, SimError, odata_time};
 use crate::ews::SubscriptionStatus;
 
@@ -73,7 +74,12 @@ pub(crate) fn on_change(shared: &Arc<Shared>, applied: &Applied) {
                 s.room == applied.room && s.change_types.iter().any(|c| c == applied.kind.graph())
             })
             .map(|s| {
-                let resource = format!("Users/{user}/Events/{}", applied.item.id);
+                // The item is named in the id format the subscription was created with.
+                let id = ids::graph_id(
+                    &applied.item.id,
+                    GraphIdType::from_prefer(s.prefer_immutable_id),
+                );
+                let resource = format!("Users/{user}/Events/{id}");
                 let body = json!({
                     "value": [{
                         "subscriptionId": s.id,
@@ -84,7 +90,7 @@ pub(crate) fn on_change(shared: &Arc<Shared>, applied: &Applied) {
                             "@odata.type": "#Microsoft.Graph.Event",
                             "@odata.id": resource,
                             "@odata.etag": applied.item.etag(),
-                            "id": applied.item.id,
+                            "id": id,
                         },
                         "clientState": s.client_state,
                         "tenantId": tenant,

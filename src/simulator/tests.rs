@@ -38,10 +38,15 @@ struct Sim {
 
 impl Sim {
     async fn start() -> Self {
+        Self::start_with_latency(Duration::ZERO).await
+    }
+
+    async fn start_with_latency(latency: Duration) -> Self {
         let shutdown = CancellationToken::new();
         let config = SimulatorConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             time_scale: SCALE,
+            latency,
             ..SimulatorConfig::default()
         };
         let handle = Simulator::start(config, shutdown.clone()).await.unwrap();
@@ -1409,6 +1414,7 @@ async fn the_simulator_refuses_to_listen_beyond_loopback() {
         seed: 1,
         time_scale: 1.0,
         rooms: vec![ROOM.to_owned()],
+        latency_ms: 0,
         busy_rooms: 0,
         busy_rate: 6.0,
     };
@@ -1586,6 +1592,7 @@ async fn run_serves_with_busy_office_mode_until_cancelled() {
         seed: 3,
         time_scale: 60.0,
         rooms: vec![ROOM.to_owned(), "room2@sim.example".to_owned()],
+        latency_ms: 5,
         busy_rooms: 1,
         busy_rate: 6000.0,
     };
@@ -3286,4 +3293,249 @@ async fn an_item_shape_is_required_and_its_base_shape_must_be_known() {
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{op}");
         assert_eq!(fault_code(&body), "a:ErrorSchemaValidation", "{op}");
     }
+}
+
+// ---- id formats and latency --------------------------------------------------
+
+const IMMUTABLE: &str = r#"IdType="ImmutableId""#;
+
+#[tokio::test]
+async fn control_graph_id_gives_the_rest_id_or_a_distinct_stable_immutable_id() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let single = c.create_meeting(ROOM, meeting("M", 2, 9)).unwrap();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 3, 8), Recurrence::Daily { count: 2 })
+        .unwrap();
+    let occurrence = c.occurrence_ids(ROOM, &master).unwrap()[1].clone();
+    // The simulator's EWS ids hold no `+` or `/`, so their URL-safe form is the same text.
+    assert_eq!(c.graph_id(&single, false), single);
+    assert_eq!(
+        c.graph_id(
+            "AAMkAGZpeHR1cmUtcm9vbS1hAEYAAAAAbWVldGluZy0xMDAx+/AAA=",
+            false
+        ),
+        "AAMkAGZpeHR1cmUtcm9vbS1hAEYAAAAAbWVldGluZy0xMDAx-_AAA="
+    );
+    let immutable: Vec<String> = [&single, &master, &occurrence]
+        .iter()
+        .map(|id| c.graph_id(id, true))
+        .collect();
+    for (id, graph) in [&single, &master, &occurrence].iter().zip(&immutable) {
+        assert_ne!(graph, *id);
+        assert!(graph.starts_with("AAkALg"), "{graph}");
+        assert_eq!(*graph, c.graph_id(id, true), "stable");
+    }
+    assert_ne!(
+        immutable[1], immutable[2],
+        "an occurrence is not its master"
+    );
+}
+
+#[tokio::test]
+async fn graph_answers_rest_ids_by_default_and_immutable_ids_when_the_request_asks() {
+    let sim = Sim::start().await;
+    let c = sim.control();
+    let single = c.create_meeting(ROOM, meeting("M", 2, 9)).unwrap();
+    let master = c
+        .create_series(ROOM, meeting("Daily", 3, 8), Recurrence::Daily { count: 2 })
+        .unwrap();
+    let occurrences = c.occurrence_ids(ROOM, &master).unwrap();
+    let view = |prefer: Option<&'static str>| {
+        let url = sim.url(&format!(
+            "/v1.0/users/{ROOM}/calendarView?{}",
+            window_query()
+        ));
+        let sim = &sim;
+        async move {
+            let (status, body) = sim.graph_get(&url, prefer).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["value"].as_array().unwrap().clone()
+        }
+    };
+    let rest = view(None).await;
+    let rest_ids: Vec<&str> = rest.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        rest_ids,
+        [
+            c.graph_id(&single, false),
+            c.graph_id(&occurrences[0], false),
+            c.graph_id(&occurrences[1], false)
+        ]
+    );
+    let immutable = view(Some(IMMUTABLE)).await;
+    let ids: Vec<&str> = immutable
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            c.graph_id(&single, true),
+            c.graph_id(&occurrences[0], true),
+            c.graph_id(&occurrences[1], true)
+        ]
+    );
+    assert_eq!(immutable[1]["seriesMasterId"], c.graph_id(&master, true));
+    assert!(immutable[0]["seriesMasterId"].is_null());
+
+    // Any format names the event in a path; the answer is in the format asked for.
+    for path_id in [
+        single.clone(),
+        c.graph_id(&single, false),
+        c.graph_id(&single, true),
+    ] {
+        let url = sim.url(&format!("/v1.0/users/{ROOM}/events/{path_id}"));
+        let (status, body) = sim.graph_get(&url, Some(IMMUTABLE)).await;
+        assert_eq!(status, StatusCode::OK, "{path_id}: {body}");
+        assert_eq!(body["id"], c.graph_id(&single, true));
+        let (_, body) = sim.graph_get(&url, None).await;
+        assert_eq!(body["id"], c.graph_id(&single, false));
+    }
+    let url = sim.url(&format!(
+        "/v1.0/users/{ROOM}/events/{}",
+        c.graph_id(&master, true)
+    ));
+    let (status, body) = sim.graph_get(&url, Some(IMMUTABLE)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["type"], "seriesMaster");
+    assert_eq!(body["id"], c.graph_id(&master, true));
+
+    // Delta: changed and removed entries alike.
+    let (status, first) = sim
+        .graph_get(
+            &delta_start(&sim),
+            Some(r#"IdType="ImmutableId", odata.maxpagesize=100"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first["value"][0]["id"], c.graph_id(&single, true));
+    let link = first["@odata.deltaLink"].as_str().unwrap().to_owned();
+    c.delete_meeting(ROOM, &single).unwrap();
+    c.delete_occurrence(ROOM, &master, 1).unwrap();
+    let (_, round) = sim.graph_get(&link, Some(IMMUTABLE)).await;
+    let removed: Vec<&str> = round["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v.get("@removed").is_some())
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        removed,
+        [c.graph_id(&single, true), c.graph_id(&occurrences[1], true)]
+    );
+}
+
+#[tokio::test]
+async fn notifications_name_items_in_the_id_format_their_subscription_was_created_with() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let token = sim.token().await;
+    // Two subscriptions of one room need different change-type sets.
+    for (change_type, path, prefer) in [
+        ("created", "/immutable", Some(IMMUTABLE)),
+        ("created,updated", "/rest", None),
+    ] {
+        let mut body = subscription_body(&rx, 4200);
+        body["changeType"] = json!(change_type);
+        body["notificationUrl"] = json!(rx.url(path));
+        let mut request = sim
+            .http
+            .post(sim.url("/v1.0/subscriptions"))
+            .bearer_auth(&token)
+            .json(&body);
+        if let Some(p) = prefer {
+            request = request.header("Prefer", p);
+        }
+        assert_eq!(request.send().await.unwrap().status(), StatusCode::CREATED);
+    }
+    let c = sim.control();
+    let id = c.create_meeting(ROOM, meeting("M", 2, 9)).unwrap();
+    rx.wait_for("both notifications", |r| {
+        ["/immutable", "/rest"].iter().all(|p| {
+            r.iter()
+                .any(|r| r.path == *p && !r.query.contains("validationToken"))
+        })
+    })
+    .await;
+    let object_id = c.room_object_id(ROOM).unwrap();
+    for (path, immutable) in [("/immutable", true), ("/rest", false)] {
+        let got: Value = serde_json::from_str(&rx.notifications(path)[0].body).unwrap();
+        let graph = c.graph_id(&id, immutable);
+        let n = &got["value"][0];
+        assert_eq!(n["resource"], format!("Users/{object_id}/Events/{graph}"));
+        assert_eq!(n["resourceData"]["id"], graph.as_str());
+        let parsed = parse_notification_collection(got.to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.len(), 1, "the project parser reads it: {parsed:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_latency_delays_graph_ews_and_token_answers_but_not_the_control_api() {
+    const LATENCY: Duration = Duration::from_millis(150);
+    let sim = Sim::start_with_latency(LATENCY).await;
+    let started = Instant::now();
+    let token = sim.token().await;
+    assert!(
+        started.elapsed() >= LATENCY,
+        "token: {:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let r = sim
+        .http
+        .get(sim.url(&format!("/v1.0/users/{ROOM}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() >= LATENCY,
+        "graph: {:?}",
+        started.elapsed()
+    );
+
+    let exchange = sim.token_for(EWS_SCOPE).await;
+    let started = Instant::now();
+    sim.ews_as(
+        &format!("Bearer {exchange}"),
+        Some(ROOM),
+        Some(ROOM),
+        GET_ITEM_X,
+    )
+    .await;
+    assert!(started.elapsed() >= LATENCY, "ews: {:?}", started.elapsed());
+
+    let started = Instant::now();
+    let r = sim.http.get(sim.url("/_sim/rooms")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < LATENCY,
+        "control API: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn request_records_carry_the_query_and_the_ews_operation() {
+    let sim = Sim::start().await;
+    sim.graph_get(&delta_start(&sim), None).await;
+    sim.ews(ROOM, GET_ITEM_X).await;
+    sim.ews(ROOM, &find_calendar(None)).await;
+    let records = sim.control().requests();
+    let delta = records
+        .iter()
+        .find(|r| r.path.ends_with("/calendarView/delta"))
+        .unwrap();
+    assert_eq!(delta.query.as_deref(), Some(window_query().as_str()));
+    assert_eq!(delta.operation, None);
+    let operations: Vec<Option<&str>> = records
+        .iter()
+        .filter(|r| r.path == "/EWS/Exchange.asmx")
+        .map(|r| r.operation.as_deref())
+        .collect();
+    assert_eq!(operations, [Some("GetItem"), Some("FindItem")]);
 }
