@@ -135,9 +135,17 @@ async fn run_with(
     let tracked: Arc<Mutex<VecDeque<Tracked>>> = Arc::default();
     let result = match subscribed {
         Ok(_) => {
+            let graph_rooms = settings
+                .exchange
+                .mailboxes
+                .iter()
+                .filter(|m| m.backend == crate::domain::Backend::Graph)
+                .map(|m| m.address.clone())
+                .collect();
             let busy = tokio::spawn(book(
                 simulator.control().clone(),
                 rooms.to_vec(),
+                graph_rooms,
                 args.rate,
                 Arc::clone(&tracked),
                 shutdown.clone(),
@@ -298,6 +306,7 @@ fn redacted(settings: &Settings) -> String {
 async fn book(
     control: crate::simulator::Control,
     rooms: Vec<String>,
+    graph_rooms: std::collections::HashSet<String>,
     rate: f64,
     tracked: Arc<Mutex<VecDeque<Tracked>>>,
     shutdown: CancellationToken,
@@ -318,9 +327,15 @@ async fn book(
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             seq += 1;
+            // The service asks Graph for immutable ids; EWS rooms keep the EWS id.
+            let stored_id = if graph_rooms.contains(&change.room) {
+                control.graph_id(&change.item_id, true)
+            } else {
+                change.item_id.clone()
+            };
             list.push_front(Tracked {
                 seq,
-                stored_id: change.item_id.clone(),
+                stored_id,
                 change,
                 at,
                 notified: None,

@@ -68,6 +68,16 @@ async fn rows(pool: &PgPool) -> Vec<Row> {
     .unwrap()
 }
 
+/// The id the service stores for an item the simulator's control API names: Graph rows carry
+/// Graph's immutable ids (the service asks for them), EWS rows the EWS id.
+fn key(sim: &SimulatorHandle, backend: &str, id: &str) -> String {
+    if backend == "graph" {
+        sim.control().graph_id(id, true)
+    } else {
+        id.to_owned()
+    }
+}
+
 async fn row(pool: &PgPool, item_id: &str) -> Option<Row> {
     rows(pool).await.into_iter().find(|r| r.item_id == item_id)
 }
@@ -154,8 +164,14 @@ async fn single_meeting_changes_end_in_the_right_rows(pool: PgPool, backend: &st
     let a = control
         .create_meeting(ROOM, meeting("Planning", at(1, 9)))
         .unwrap();
-    wait_row(&pool, &a, "a new meeting gets a row", |r| !r.deleted).await;
-    let created = row(&pool, &a).await.unwrap();
+    wait_row(
+        &pool,
+        &key(&sim, backend, &a),
+        "a new meeting gets a row",
+        |r| !r.deleted,
+    )
+    .await;
+    let created = row(&pool, &key(&sim, backend, &a)).await.unwrap();
     assert_eq!(created.subject.as_deref(), Some("Planning"));
     assert_eq!(created.organizer.as_deref(), Some(ORGANIZER));
     assert_eq!(created.location.as_deref(), Some("Room 1"));
@@ -165,16 +181,22 @@ async fn single_meeting_changes_end_in_the_right_rows(pool: PgPool, backend: &st
     control
         .move_meeting(ROOM, &a, at(1, 14), at(1, 15))
         .unwrap();
-    wait_row(&pool, &a, "a moved meeting moves", |r| {
-        r.starts_at == at(1, 14)
-    })
+    wait_row(
+        &pool,
+        &key(&sim, backend, &a),
+        "a moved meeting moves",
+        |r| r.starts_at == at(1, 14),
+    )
     .await;
     control
         .move_meeting(ROOM, &a, at(1, 14), at(1, 14) + TimeDelta::minutes(30))
         .unwrap();
-    wait_row(&pool, &a, "a shortened meeting ends earlier", |r| {
-        r.ends_at == at(1, 14) + TimeDelta::minutes(30)
-    })
+    wait_row(
+        &pool,
+        &key(&sim, backend, &a),
+        "a shortened meeting ends earlier",
+        |r| r.ends_at == at(1, 14) + TimeDelta::minutes(30),
+    )
     .await;
 
     let b = control
@@ -183,7 +205,7 @@ async fn single_meeting_changes_end_in_the_right_rows(pool: PgPool, backend: &st
     control.cancel_meeting(ROOM, &b).unwrap();
     wait_row(
         &pool,
-        &b,
+        &key(&sim, backend, &b),
         "a cancelled meeting keeps its row, cancelled",
         |r| r.is_cancelled && !r.deleted,
     )
@@ -192,21 +214,36 @@ async fn single_meeting_changes_end_in_the_right_rows(pool: PgPool, backend: &st
     let c = control
         .create_meeting(ROOM, meeting("Lunch", at(3, 12)))
         .unwrap();
-    wait_row(&pool, &c, "another meeting gets a row", |r| !r.deleted).await;
+    wait_row(
+        &pool,
+        &key(&sim, backend, &c),
+        "another meeting gets a row",
+        |r| !r.deleted,
+    )
+    .await;
     control.delete_meeting(ROOM, &c).unwrap();
-    wait_row(&pool, &c, "a deleted meeting is marked deleted", |r| {
-        r.deleted
-    })
+    wait_row(
+        &pool,
+        &key(&sim, backend, &c),
+        "a deleted meeting is marked deleted",
+        |r| r.deleted,
+    )
     .await;
 
     let d = control
         .create_meeting(ROOM, meeting("Retro", at(4, 15)))
         .unwrap();
-    wait_row(&pool, &d, "a fourth meeting gets a row", |r| !r.deleted).await;
+    wait_row(
+        &pool,
+        &key(&sim, backend, &d),
+        "a fourth meeting gets a row",
+        |r| !r.deleted,
+    )
+    .await;
     control.soft_delete_meeting(ROOM, &d).unwrap();
     wait_row(
         &pool,
-        &d,
+        &key(&sim, backend, &d),
         "a meeting moved to Deleted Items is marked deleted",
         |r| r.deleted,
     )
@@ -215,7 +252,7 @@ async fn single_meeting_changes_end_in_the_right_rows(pool: PgPool, backend: &st
 
     let all = rows(&pool).await;
     assert_eq!(all.len(), 4, "never more rows than meetings: {all:#?}");
-    assert!(!row(&pool, &a).await.unwrap().deleted);
+    assert!(!row(&pool, &key(&sim, backend, &a)).await.unwrap().deleted);
     app.stop().await;
     stop.cancel();
 }
@@ -249,7 +286,7 @@ async fn a_recurring_series_becomes_one_row_per_occurrence(pool: PgPool, backend
     assert!(
         occurrences
             .iter()
-            .all(|r| r.series_master_id.as_deref() == Some(master.as_str()))
+            .all(|r| r.series_master_id.as_deref() == Some(key(&sim, backend, &master).as_str()))
     );
     let uid = occurrences[0].series_uid.clone();
     assert!(uid.is_some());
@@ -326,29 +363,44 @@ async fn single_occurrences_moved_cancelled_deleted_or_cut_end_in_the_right_rows
         .move_occurrence(ROOM, &master, 1, at(2, 13), at(2, 14))
         .unwrap();
     assert_eq!(moved, ids[1]);
-    wait_row(&pool, &ids[1], "one occurrence moved on its own", |r| {
-        r.starts_at == at(2, 13) && r.ends_at == at(2, 14) && !r.deleted
-    })
+    wait_row(
+        &pool,
+        &key(&sim, backend, &ids[1]),
+        "one occurrence moved on its own",
+        |r| r.starts_at == at(2, 13) && r.ends_at == at(2, 14) && !r.deleted,
+    )
     .await;
     assert_eq!(
-        row(&pool, &ids[0]).await.unwrap().starts_at,
+        row(&pool, &key(&sim, backend, &ids[0]))
+            .await
+            .unwrap()
+            .starts_at,
         at(1, 8),
         "its neighbours stay"
     );
 
     control.cancel_occurrence(ROOM, &master, 2).unwrap();
-    wait_row(&pool, &ids[2], "one occurrence cancelled", |r| {
-        r.is_cancelled && !r.deleted
-    })
+    wait_row(
+        &pool,
+        &key(&sim, backend, &ids[2]),
+        "one occurrence cancelled",
+        |r| r.is_cancelled && !r.deleted,
+    )
     .await;
 
     control.delete_occurrence(ROOM, &master, 3).unwrap();
-    wait_row(&pool, &ids[3], "one occurrence deleted", |r| r.deleted).await;
+    wait_row(
+        &pool,
+        &key(&sim, backend, &ids[3]),
+        "one occurrence deleted",
+        |r| r.deleted,
+    )
+    .await;
 
     control.end_series(ROOM, &master, 4).unwrap();
     wait_row(
         &pool,
-        &ids[4],
+        &key(&sim, backend, &ids[4]),
         "the series ended before its last occurrence",
         |r| r.deleted,
     )
@@ -364,16 +416,16 @@ async fn single_occurrences_moved_cancelled_deleted_or_cut_end_in_the_right_rows
     assert_eq!(
         live,
         vec![
-            (ids[0].clone(), at(1, 8), false),
-            (ids[1].clone(), at(2, 13), false),
-            (ids[2].clone(), at(3, 8), true),
+            (key(&sim, backend, &ids[0]), at(1, 8), false),
+            (key(&sim, backend, &ids[1]), at(2, 13), false),
+            (key(&sim, backend, &ids[2]), at(3, 8), true),
         ]
     );
     assert!(
         rows(&pool)
             .await
             .iter()
-            .all(|r| r.series_master_id.as_deref() == Some(master.as_str()))
+            .all(|r| r.series_master_id.as_deref() == Some(key(&sim, backend, &master).as_str()))
     );
     app.stop().await;
     stop.cancel();
@@ -436,7 +488,12 @@ async fn a_duplicated_and_retried_burst_gives_the_clean_result(pool: PgPool, bac
             } else {
                 at(1 + i as i64, 9)
             };
-            (id.clone(), Some(format!("Burst {i}")), start, i == 1)
+            (
+                key(&sim, backend, id),
+                Some(format!("Burst {i}")),
+                start,
+                i == 1,
+            )
         })
         .collect();
     expected.sort();
@@ -501,7 +558,10 @@ async fn applying_the_same_round_twice_changes_no_row(pool: PgPool) {
         .control()
         .create_meeting(ROOM, meeting("Once", at(1, 9)))
         .unwrap();
-    wait_row(&pool, &a, "the meeting's row", |r| !r.deleted).await;
+    wait_row(&pool, &key(&sim, "graph", &a), "the meeting's row", |r| {
+        !r.deleted
+    })
+    .await;
     drained(&pool).await;
     let before: Vec<(i64, DateTime<Utc>)> =
         sqlx::query_as("select id, updated_at from reservations order by id")
@@ -541,7 +601,13 @@ async fn a_gone_delta_link_leads_to_a_full_sync_that_reconciles(pool: PgPool) {
         .control()
         .create_meeting(ROOM, meeting("After 410", at(1, 9)))
         .unwrap();
-    wait_row(&pool, &a, "the new meeting's row", |r| !r.deleted).await;
+    wait_row(
+        &pool,
+        &key(&sim, "graph", &a),
+        "the new meeting's row",
+        |r| !r.deleted,
+    )
+    .await;
     wait_row(
         &pool,
         "ghost",
@@ -578,7 +644,10 @@ async fn a_rejected_ews_sync_state_leads_to_a_full_sync_that_reconciles(pool: Pg
         .control()
         .create_meeting(ROOM, meeting("After rejection", at(1, 9)))
         .unwrap();
-    wait_row(&pool, &a, "the new meeting's row", |r| !r.deleted).await;
+    wait_row(&pool, &key(&sim, "ews", &a), "the new meeting's row", |r| {
+        !r.deleted
+    })
+    .await;
     wait_row(
         &pool,
         "ghost",
@@ -616,7 +685,7 @@ async fn a_crashed_workers_claim_is_taken_over_once_its_lease_expires(pool: PgPo
          values ('graph', $1, 'created', $2, 'crash-test', '{}', '\\x00')",
     )
     .bind(mailbox)
-    .bind(&a)
+    .bind(key(&sim, "graph", &a))
     .execute(&pool)
     .await
     .unwrap();
@@ -633,7 +702,7 @@ async fn a_crashed_workers_claim_is_taken_over_once_its_lease_expires(pool: PgPo
         .await;
     wait_row(
         &pool,
-        &a,
+        &key(&sim, "graph", &a),
         "the orphaned change is synced by the new worker",
         |r| !r.deleted,
     )
@@ -673,9 +742,12 @@ async fn graph_throttling_is_honoured_and_costs_no_attempt(pool: PgPool) {
         .control()
         .create_meeting(ROOM, meeting("Throttled", at(1, 9)))
         .unwrap();
-    wait_row(&pool, &a, "the meeting's row despite throttling", |r| {
-        !r.deleted
-    })
+    wait_row(
+        &pool,
+        &key(&sim, "graph", &a),
+        "the meeting's row despite throttling",
+        |r| !r.deleted,
+    )
     .await;
     let requests = sim.control().requests();
     let throttled: Vec<_> = requests.iter().filter(|r| r.status == 429).collect();
@@ -717,7 +789,7 @@ async fn ews_server_busy_is_honoured(pool: PgPool) {
         .unwrap();
     wait_row(
         &pool,
-        &a,
+        &key(&sim, "ews", &a),
         "the meeting's row despite ErrorServerBusy",
         |r| !r.deleted,
     )
@@ -819,7 +891,7 @@ async fn events_that_keep_failing_end_dead_with_the_error_and_replay_brings_them
     )
     .await;
     let written: i64 = sqlx::query_scalar("select count(*) from reservations where item_id = $1")
-        .bind(&a)
+        .bind(key(&sim, "graph", &a))
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -846,7 +918,13 @@ async fn a_burst_of_fifty_changes_costs_at_most_two_rounds(pool: PgPool) {
             .create_meeting(ROOM, meeting(&format!("Burst {i}"), at(1 + i % 20, 7)))
             .unwrap();
     }
-    wait_row(&pool, &last, "the last meeting's row", |r| !r.deleted).await;
+    wait_row(
+        &pool,
+        &key(&sim, "graph", &last),
+        "the last meeting's row",
+        |r| !r.deleted,
+    )
+    .await;
     drained(&pool).await;
     let rounds = sim.control().requests()[before..]
         .iter()
@@ -918,6 +996,10 @@ async fn a_room_moved_from_ews_to_graph_keeps_its_reservation_rows(pool: PgPool)
     assert_eq!(after.len(), 4, "no row deleted and added again: {after:#?}");
     let ids = |rows: &[Row]| rows.iter().map(|r| (r.id, r.starts_at)).collect::<Vec<_>>();
     assert_eq!(ids(&before), ids(&after));
+    for (old, new) in before.iter().zip(&after) {
+        assert_ne!(old.item_id, new.item_id, "the row now carries Graph's id");
+        assert_eq!(new.item_id, sim.control().graph_id(&old.item_id, true));
+    }
     app.stop().await;
     stop.cancel();
 }
