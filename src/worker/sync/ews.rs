@@ -331,6 +331,16 @@ enum Read {
     Gone,
 }
 
+/// Exchange's ways of saying an id names nothing any more: the item was deleted, or the
+/// occurrence was deleted from its series.
+fn is_gone(e: &crate::ews::EwsError) -> bool {
+    match e.effective_code() {
+        ResponseCode::ErrorItemNotFound => true,
+        ResponseCode::Other(code) => code == "ErrorCalendarOccurrenceIsDeletedFromRecurrence",
+        _ => false,
+    }
+}
+
 /// `GetItem` of `ids` in batches.
 async fn get_items(
     syncer: &Syncer,
@@ -345,9 +355,7 @@ async fn get_items(
             let fetched = match answer {
                 FetchedItem::Calendar(item) => Read::Item(item),
                 FetchedItem::NotCalendar(_) => Read::Gone,
-                FetchedItem::Error(e) if *e.effective_code() == ResponseCode::ErrorItemNotFound => {
-                    Read::Gone
-                }
+                FetchedItem::Error(e) if is_gone(&e) => Read::Gone,
                 FetchedItem::Error(e) => {
                     return Err(ExchangeError::Rejected {
                         status: 200,

@@ -124,14 +124,31 @@ enum Pages {
     Reset(String),
 }
 
+/// Tells a round that moves on from one that loops: a `nextLink` seen before in the round, or
+/// [`MAX_STALE_PAGES`] pages in a row that bring nothing the round does not have.
+#[derive(Debug, Default)]
+struct LoopGuard {
+    links: HashSet<String>,
+    stale: usize,
+}
+
+impl LoopGuard {
+    /// After a page that brought `new` entries (or was empty) and points at `next`: whether
+    /// following it is still progress.
+    fn moves_on(&mut self, new: bool, next: &str) -> bool {
+        self.stale = if new { 0 } else { self.stale + 1 };
+        self.stale < MAX_STALE_PAGES && self.links.insert(next.to_owned())
+    }
+}
+
 /// Follows a round from `url` to its delta link.
 async fn pages(syncer: &Syncer, claim: &SyncClaim, url: &str) -> Result<Pages, SyncError> {
     let graph = syncer.client.graph();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut entries: Vec<Entry> = Vec::new();
-    let mut seen_links: HashSet<String> = HashSet::new();
+    let mut guard = LoopGuard::default();
+    guard.links.insert(url.to_owned());
     let mut url = url.to_owned();
-    let mut stale = 0;
     for _ in 0..MAX_PAGES {
         let page = match graph.delta_page(&claim.address, &url).await? {
             DeltaOutcome::Page(page) => page,
@@ -154,7 +171,6 @@ async fn pages(syncer: &Syncer, claim: &SyncClaim, url: &str) -> Result<Pages, S
                 }
             }
         }
-        stale = if new { 0 } else { stale + 1 };
         match page.link {
             DeltaLink::Delta(delta_link) => {
                 return Ok(Pages::Done(Done {
@@ -163,7 +179,7 @@ async fn pages(syncer: &Syncer, claim: &SyncClaim, url: &str) -> Result<Pages, S
                 }));
             }
             DeltaLink::Next(next) => {
-                if stale >= MAX_STALE_PAGES || !seen_links.insert(next.clone()) || next == url {
+                if !guard.moves_on(new, &next) {
                     return Err(ExchangeError::Protocol(format!(
                         "Graph's delta pages for {} loop (a repeated nextLink or pages of nothing new)",
                         claim.address
@@ -215,4 +231,30 @@ async fn series_uids(
         }
     }
     Ok(known)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_next_link_seen_before_in_the_round_is_a_loop() {
+        let mut guard = LoopGuard::default();
+        assert!(guard.moves_on(true, "https://g/delta?$skiptoken=1"));
+        assert!(guard.moves_on(true, "https://g/delta?$skiptoken=2"));
+        assert!(!guard.moves_on(true, "https://g/delta?$skiptoken=1"));
+    }
+
+    #[test]
+    fn pages_of_nothing_new_stop_the_round_after_a_few_but_an_empty_page_does_not() {
+        let mut guard = LoopGuard::default();
+        assert!(guard.moves_on(false, "n1"));
+        assert!(guard.moves_on(false, "n2"));
+        assert!(!guard.moves_on(false, "n3"), "three pages of repeats");
+        let mut guard = LoopGuard::default();
+        for i in 0..10 {
+            // Graph may send empty pages with a next link: "more pages … even if empty".
+            assert!(guard.moves_on(true, &format!("empty{i}")));
+        }
+    }
 }
