@@ -108,7 +108,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             per_mailbox: 4,
-            global: 16,
+            global: 32,
             attempts: 3,
             max_inline_wait: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),

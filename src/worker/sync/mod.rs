@@ -38,7 +38,8 @@ use crate::worker::retry::{Retry, RetryPolicy};
 /// Timing and limits of the sync worker. Production defaults; tests shrink them.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
-    /// Mailboxes synced at once.
+    /// Mailboxes synced at once. Rounds mostly wait on Exchange, so this is set by how much
+    /// Exchange may be asked at once (the client's global limit), not by the cores.
     pub concurrency: usize,
     /// How often to look for due mailboxes when nothing wakes the loop (events committed by
     /// another replica, scheduled rounds).
@@ -68,7 +69,7 @@ pub struct SyncOptions {
 impl Default for SyncOptions {
     fn default() -> Self {
         Self {
-            concurrency: 8,
+            concurrency: 32,
             poll: Duration::from_secs(2),
             lease: Duration::from_secs(10),
             round_timeout: Duration::from_secs(10 * 60),
