@@ -207,7 +207,9 @@ pub async fn fail_upkeep(
     .await
 }
 
-/// Asks for a full resync of the mailbox's reservation window (kept if one is already owed).
+/// Asks for a full resync of the mailbox's reservation window. The request is stamped now even
+/// when one is already owed: a full round clears only requests older than its claim, so one
+/// made while a round runs is not swallowed by it.
 ///
 /// # Errors
 /// Database errors.
@@ -217,8 +219,8 @@ pub async fn request_resync(
     reason: ResyncReason,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update mailboxes set resync_requested_at = coalesce(resync_requested_at, now()),
-                              resync_reason = coalesce(resync_reason, $2), updated_at = now()
+        "update mailboxes set resync_requested_at = now(), resync_reason = $2,
+                              updated_at = now()
          where id = $1",
     )
     .bind(id)
@@ -374,7 +376,8 @@ pub struct SyncCursor {
     /// The Graph delta link (verbatim) or the EWS `SyncState`.
     pub cursor: String,
     pub backend: Backend,
-    /// The window a Graph delta link covers (`None` for EWS, whose state is not windowed).
+    /// The window a Graph delta link covers; for EWS, whose state is not windowed, the window
+    /// its series were expanded over. A new window (a new day) makes the next round full.
     pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
