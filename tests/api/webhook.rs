@@ -1024,3 +1024,82 @@ async fn whatever_the_parsers_accept_is_stored_and_nothing_is_answered_5xx(pool:
     }
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Lifecycle notifications and forged items must not eat real events.
+
+#[sqlx::test]
+async fn a_forged_item_never_keeps_out_the_genuine_item_that_follows_it(pool: PgPool) {
+    let sub = seed_graph(&pool, GRAPH_STATE).await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let genuine = fixture("graph/change-created.json");
+    let forged = String::from_utf8(genuine.clone())
+        .unwrap()
+        .replace(GRAPH_STATE, "a-forged-state");
+    assert_eq!(
+        post(&app, "application/json", forged.clone().into_bytes())
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        post(&app, "application/json", genuine.clone())
+            .await
+            .status(),
+        202
+    );
+    // Redeliveries of either are still stored once.
+    assert_eq!(post(&app, "application/json", genuine).await.status(), 202);
+    assert_eq!(
+        post(&app, "application/json", forged.into_bytes())
+            .await
+            .status(),
+        202
+    );
+    type Row = (String, Option<String>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select status, reject_reason, subscription_id from notification_events order by id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "ignored".to_owned(),
+                Some("client_state_mismatch".to_owned()),
+                Some(sub)
+            ),
+            ("pending".to_owned(), None, Some(sub)),
+        ]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_forged_item_that_beats_its_subscription_never_keeps_the_genuine_one_out(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let genuine = fixture("graph/change-created.json");
+    let forged = String::from_utf8(genuine.clone())
+        .unwrap()
+        .replace(GRAPH_STATE, "a-forged-state");
+    assert_eq!(
+        post(&app, "application/json", forged.into_bytes())
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(post(&app, "application/json", genuine).await.status(), 202);
+    let sub = seed_graph(&pool, GRAPH_STATE).await;
+    let done = rooms_sync::ingest::rematch(&pool, GRAPH_SUB).await.unwrap();
+    assert_eq!((done.attached, done.rejected), (1, 1));
+    let genuine: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "select status, subscription_id from notification_events where reject_reason is null",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(genuine, vec![("pending".to_owned(), Some(sub))]);
+    app.stop().await;
+}

@@ -257,3 +257,61 @@ fn dedupe_keys_are_fixed_size_and_separate_their_parts() {
     assert_eq!(digest_hex(&["graph", &long]).len(), 64);
     assert_ne!(digest_hex(&["ab", "c"]), digest_hex(&["a", "bc"]));
 }
+
+#[test]
+fn a_rejected_event_never_shares_the_key_of_the_genuine_one() {
+    let genuine = plan(
+        &[&graph()],
+        &lookup(
+            vec![sub(2, GRAPH_SUB, "graph", "active", Some(GRAPH_STATE))],
+            false,
+        ),
+    );
+    // The same item, its subscription superseded: stored, ignored, keyed apart.
+    let inactive = plan(
+        &[&graph()],
+        &lookup(
+            vec![sub(2, GRAPH_SUB, "graph", "superseded", Some(GRAPH_STATE))],
+            false,
+        ),
+    );
+    assert_eq!(inactive.events[0].status, EventStatus::Ignored);
+    assert_ne!(inactive.events[0].dedupe_key, genuine.events[0].dedupe_key);
+
+    let ews_active = plan(&[&ews()], &active_ews());
+    let ews_superseded = plan(
+        &[&ews()],
+        &lookup(vec![sub(1, EWS_SUB, "ews", "superseded", None)], false),
+    );
+    for (a, b) in ews_active.events.iter().zip(&ews_superseded.events) {
+        assert_ne!(a.dedupe_key, b.dedupe_key);
+        assert_eq!(b.dedupe_key.len(), 64);
+    }
+}
+
+#[test]
+fn graph_items_that_differ_only_in_client_state_never_share_a_key() {
+    let forged_body = String::from_utf8(GRAPH_CREATED.to_vec())
+        .unwrap()
+        .replace(GRAPH_STATE, "a-forged-state");
+    let forged = Delivery::graph(
+        parse_notification_collection(forged_body.as_bytes()).unwrap(),
+        forged_body.as_bytes(),
+    );
+    // Unmatched (the subscription is not stored yet): both wait as pending, keyed apart, so
+    // the check at match time still finds the genuine one.
+    let unmatched = plan(&[&forged, &graph()], &lookup(vec![], false));
+    assert!(
+        unmatched
+            .events
+            .iter()
+            .all(|e| e.status == EventStatus::Pending)
+    );
+    assert_ne!(
+        unmatched.events[0].dedupe_key,
+        unmatched.events[1].dedupe_key
+    );
+    // A redelivery of either keeps its key.
+    let again = plan(&[&graph()], &lookup(vec![], false));
+    assert_eq!(again.events[0].dedupe_key, unmatched.events[1].dedupe_key);
+}
