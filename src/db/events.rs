@@ -1,5 +1,7 @@
 //! `notification_events`: every statement on the event table.
 
+use std::time::Duration;
+
 use sqlx::PgExecutor;
 
 use super::subscriptions::EwsUpdate;
@@ -17,6 +19,11 @@ pub struct NewEvent {
     pub status: EventStatus,
     pub reject_reason: Option<RejectReason>,
     pub dedupe_key: String,
+    /// How long `dedupe_key` stands. `None`: for ever (it names one change: an EWS watermark,
+    /// an item version). `Some(window)`: the event names nothing that differs between two
+    /// occurrences (a Graph lifecycle notification), so a copy arriving more than `window`
+    /// after the stored one is a new event and is stored again.
+    pub dedupe_window: Option<Duration>,
     /// JSON text of the event as received.
     pub payload: String,
     pub body_sha256: Vec<u8>,
@@ -29,14 +36,21 @@ pub struct NewEvent {
 /// subscriptions' last notification time at most every few seconds (each stamp locks the row
 /// until commit). Returns `(backend, kind)` of the events actually inserted.
 ///
+/// Events with a `dedupe_window` first retire the key of an identical stored event older than
+/// the window (a second statement before the insert, only when the batch has such events): the
+/// old row's key gets its id appended, so the new occurrence is inserted under the plain key and
+/// its own redeliveries still collide with it. Done outside the insert's transaction on purpose:
+/// if the insert then fails, the old row's key has lapsed just the same.
+///
 /// # Errors
 /// Database errors, including a statement timeout.
-pub async fn store_batch(
-    executor: impl PgExecutor<'_>,
+pub async fn store_batch<'c>(
+    executor: impl PgExecutor<'c> + Copy,
     events: &[NewEvent],
     ews: &[EwsUpdate],
     graph_touched: &[i64],
 ) -> Result<Vec<(Backend, String)>, sqlx::Error> {
+    retire_lapsed_keys(executor, events).await?;
     sqlx::query_as(
         "with inserted as (
              insert into notification_events
@@ -146,6 +160,57 @@ pub async fn store_batch(
     .bind(graph_touched)
     .fetch_all(executor)
     .await
+}
+
+/// Appends its id to the key of every stored event that shares the key of one of `events`
+/// with a `dedupe_window` and was received longer than that window ago (see [`store_batch`]).
+async fn retire_lapsed_keys<'c>(
+    executor: impl PgExecutor<'c>,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    let windowed: Vec<(&NewEvent, Duration)> = events
+        .iter()
+        .filter_map(|e| e.dedupe_window.map(|w| (e, w)))
+        .collect();
+    if windowed.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "update notification_events n set dedupe_key = n.dedupe_key || ':' || n.id
+         from unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+              as r(backend, remote_subscription_id, dedupe_key, window_seconds)
+         where n.backend = r.backend
+           and n.remote_subscription_id = r.remote_subscription_id
+           and n.dedupe_key = r.dedupe_key
+           and n.received_at < now() - make_interval(secs => r.window_seconds)",
+    )
+    .bind(
+        windowed
+            .iter()
+            .map(|(e, _)| e.backend.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        windowed
+            .iter()
+            .map(|(e, _)| e.remote_subscription_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        windowed
+            .iter()
+            .map(|(e, _)| e.dedupe_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        windowed
+            .iter()
+            .map(|(_, w)| w.as_secs_f64())
+            .collect::<Vec<_>>(),
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Events and reservations per mailbox, for the demo's view.

@@ -321,6 +321,14 @@ impl fmt::Debug for GraphNotification {
 }
 
 impl GraphNotification {
+    /// True when the item names the object it is about: `resourceData.id`,
+    /// `resource` or the notification `id` (what [`Self::dedupe_key`] keys a
+    /// change by). Lifecycle notifications usually name none.
+    #[must_use]
+    pub const fn names_an_object(&self) -> bool {
+        self.resource_id.is_some() || self.resource.is_some() || self.id.is_some()
+    }
+
     /// The key under which this item is stored once, however often Graph
     /// delivers it.
     ///
@@ -338,9 +346,11 @@ impl GraphNotification {
     ///   `subscription_expiration` as RFC 3339 UTC with nanoseconds
     ///   (`2026-12-02T09:15:30.123456700Z`, so `+00:00` and `Z` forms of one
     ///   instant agree), the notification `id`. A repeat of the same lifecycle
-    ///   event for the same subscription and expiration without an `id` is
-    ///   therefore a duplicate; the periodic resync covers a genuinely
-    ///   repeated `missed`.
+    ///   event for the same subscription and expiration without an `id` gets
+    ///   the same key as the first: only the time it arrives tells a repeat
+    ///   from a redelivery, so the caller must let the key lapse once the
+    ///   redelivery window has passed (ingest does; see
+    ///   [`Self::names_an_object`]).
     /// * unknown kind: `u`, `subscription_id`, [`GraphKind::as_str`], the
     ///   object (as for a change), `etag`, the expiration (as for lifecycle),
     ///   the notification `id`.

@@ -5,6 +5,7 @@
 //! rules (clientState, Unsubscribe, gaps, grace window) are tested without a database.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -19,6 +20,15 @@ use crate::ews::{
     Event, EventKind, NotificationMessage, ObjectRef, SendNotification, SubscriptionStatus,
 };
 use crate::graph::notification::{GraphKind, GraphNotification, client_state_matches};
+
+/// How long an identical copy of a Graph item that names no object (a lifecycle notification)
+/// is taken for a redelivery of the stored one. Graph retries an unacknowledged POST for up to
+/// 4 hours, with the identical body, so every redelivery falls inside this window; the same
+/// notification arriving later (a second `reauthorizationRequired` or `missed` with the same
+/// expiration, nothing in it telling the two apart) is a new event and is stored again. A
+/// genuine repeat inside the window is folded into the first: if that one is still pending, acting on
+/// it covers both; a repeated `missed` is also covered by the worker's periodic full sync.
+pub(super) const REPEAT_WINDOW: Duration = Duration::from_secs(6 * 3600);
 
 /// One webhook POST, parsed.
 #[derive(Debug)]
@@ -193,6 +203,7 @@ fn plan_ews(
                         status,
                         reject_reason: reject,
                         dedupe_key: dedupe_key(reject, &key),
+                        dedupe_window: None,
                         payload,
                         body_sha256: body_sha256.to_vec(),
                     });
@@ -308,6 +319,10 @@ fn plan_graph(
             status,
             reject_reason: reject,
             dedupe_key: dedupe_key(reject, &key),
+            // A change names its object and version: its key stands forever. An item naming
+            // none (lifecycle notifications) is identical each time it happens.
+            dedupe_window: (item.kind.is_lifecycle() || !item.names_an_object())
+                .then_some(REPEAT_WINDOW),
             payload: item.raw.get().to_owned(),
             body_sha256: body_sha256.to_vec(),
         });

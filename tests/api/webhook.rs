@@ -1029,6 +1029,61 @@ async fn whatever_the_parsers_accept_is_stored_and_nothing_is_answered_5xx(pool:
 // Lifecycle notifications and forged items must not eat real events.
 
 #[sqlx::test]
+async fn a_lifecycle_notification_repeated_a_day_later_is_stored_again_but_a_redelivery_once(
+    pool: PgPool,
+) {
+    seed_graph(&pool, GRAPH_STATE).await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let names = [
+        "lifecycle-reauthorization-required.json",
+        "lifecycle-missed.json",
+    ];
+    for name in names {
+        let body = fixture(&format!("graph/{name}"));
+        // Graph redelivers the identical body when it saw no 2xx in time.
+        for _ in 0..2 {
+            assert_eq!(
+                post(&app, "application/json", body.clone()).await.status(),
+                202
+            );
+        }
+    }
+    assert_eq!(event_count(&pool).await, 2, "a redelivery is stored once");
+
+    // A day later the same subscription needs reauthorizing again, and misses again, with the
+    // same expiration (nothing renewed it in between): the notifications are identical.
+    sqlx::query("update notification_events set received_at = received_at - interval '1 day'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for name in names {
+        let body = fixture(&format!("graph/{name}"));
+        for _ in 0..2 {
+            assert_eq!(
+                post(&app, "application/json", body.clone()).await.status(),
+                202
+            );
+        }
+    }
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("select kind, status from notification_events order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(k, s)| (k.as_str(), s.as_str())).collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("reauthorization_required", "pending"),
+            ("missed", "pending"),
+            ("reauthorization_required", "pending"),
+            ("missed", "pending"),
+        ]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
 async fn a_forged_item_never_keeps_out_the_genuine_item_that_follows_it(pool: PgPool) {
     let sub = seed_graph(&pool, GRAPH_STATE).await;
     let app = TestApp::spawn(pool.clone()).await;

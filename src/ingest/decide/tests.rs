@@ -15,6 +15,10 @@ const GRAPH_CREATED: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/graph/change-created.json"
 ));
+const GRAPH_LIFECYCLE: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/graph/lifecycle-and-change-mixed.json"
+));
 
 const EWS_SUB: &str = "KABzcnYtbWJ4MDEucm9vbXMuZXhhbXBsZRAAAAB+c3ViLXJvb20tYS0wMDE=";
 const EWS_PREVIOUS: &str = "AQAAAHJvb20tYS13bS0wMDAy";
@@ -314,4 +318,32 @@ fn graph_items_that_differ_only_in_client_state_never_share_a_key() {
     // A redelivery of either keeps its key.
     let again = plan(&[&graph()], &lookup(vec![], false));
     assert_eq!(again.events[0].dedupe_key, unmatched.events[1].dedupe_key);
+}
+
+#[test]
+fn lifecycle_items_get_the_repeat_window_and_changes_a_key_for_good() {
+    let delivery = Delivery::graph(
+        parse_notification_collection(GRAPH_LIFECYCLE).unwrap(),
+        GRAPH_LIFECYCLE,
+    );
+    let plan = plan(&[&delivery], &lookup(vec![], false));
+    let windows: Vec<(&str, Option<Duration>)> = plan
+        .events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.dedupe_window))
+        .collect();
+    assert_eq!(
+        windows,
+        vec![
+            ("updated", None),
+            ("missed", Some(REPEAT_WINDOW)),
+            ("deleted", None),
+            ("reauthorization_required", Some(REPEAT_WINDOW)),
+        ]
+    );
+    assert!(
+        REPEAT_WINDOW > Duration::from_secs(4 * 3600),
+        "Graph retries for 4 hours"
+    );
+    assert!(plan.events.iter().all(|e| e.dedupe_key.len() == 64));
 }
