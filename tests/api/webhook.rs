@@ -1158,3 +1158,152 @@ async fn a_forged_item_that_beats_its_subscription_never_keeps_the_genuine_one_o
     assert_eq!(genuine, vec![("pending".to_owned(), Some(sub))]);
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// The EWS watermark chain only moves forward.
+
+const EWS_W2: &str = "AQAAAHJvb20tYS13bS0wMDAy";
+const EWS_W3: &str = "AQAAAHJvb20tYS13bS0wMDAz";
+const EWS_W4: &str = "AQAAAHJvb20tYS13bS0wMDA0";
+
+async fn chain(pool: &PgPool, sub: i64) -> (Option<String>, bool) {
+    let (watermark, gap): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("select last_watermark, gap_detected_at from subscriptions where id = $1")
+            .bind(sub)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (watermark, gap.is_some())
+}
+
+#[sqlx::test]
+async fn a_late_commit_of_an_older_notification_never_moves_the_watermark_back(pool: PgPool) {
+    let sub = seed_ews(&pool, "active", Some(EWS_W2)).await;
+    let app = TestApp::spawn(pool.clone()).await;
+    // N1 runs W2 → W4; N2 continues W4 → W6.
+    let first = String::from_utf8(fixture("ews/send-notification-created.xml")).unwrap();
+    let second = first
+        .replace(EWS_W4, "AQAAAHJvb20tYS13bS0wMDA2")
+        .replace(EWS_W3, "AQAAAHJvb20tYS13bS0wMDA1")
+        .replace(EWS_W2, EWS_W4);
+    for body in [&first, &second] {
+        let response = post(&app, "text/xml", body.clone().into_bytes()).await;
+        assert!(response.text().await.unwrap().contains(">OK<"));
+    }
+    assert_eq!(
+        chain(&pool, sub).await,
+        (Some("AQAAAHJvb20tYS13bS0wMDA2".to_owned()), false)
+    );
+    // Exchange retried N1 while its first copy was stuck before commit; the retry was stored and
+    // answered, N2 followed, and now the stuck copy commits.
+    let response = post(&app, "text/xml", first.into_bytes()).await;
+    assert!(response.text().await.unwrap().contains(">OK<"));
+    assert_eq!(
+        chain(&pool, sub).await,
+        (Some("AQAAAHJvb20tYS13bS0wMDA2".to_owned()), false),
+        "the chain neither moves back nor records a gap"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_batch_that_ends_where_the_stored_chain_has_already_passed_leaves_it_alone(pool: PgPool) {
+    use rooms_sync::db::events::{NewEvent, store_batch};
+    use rooms_sync::db::subscriptions::EwsUpdate;
+    use rooms_sync::domain::{Backend, EventStatus};
+
+    let sub = seed_ews(&pool, "active", Some("W0")).await;
+    let mailbox: i64 = sqlx::query_scalar("select mailbox_id from subscriptions where id = $1")
+        .bind(sub)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let event = |key: &str| NewEvent {
+        backend: Backend::Ews,
+        remote_subscription_id: Some(EWS_SUB.to_owned()),
+        subscription_id: Some(sub),
+        mailbox_id: Some(mailbox),
+        kind: "created".to_owned(),
+        item_id: None,
+        status: EventStatus::Pending,
+        reject_reason: None,
+        dedupe_key: key.to_owned(),
+        dedupe_window: None,
+        payload: "{}".to_owned(),
+        body_sha256: vec![0; 32],
+    };
+    let update = |previous: &str, last: &str| EwsUpdate {
+        first_previous: Some(previous.to_owned()),
+        last_watermark: Some(last.to_owned()),
+        ..EwsUpdate::new(sub)
+    };
+    store_batch(&pool, &[event("a")], &[update("W0", "W1")], &[])
+        .await
+        .unwrap();
+    store_batch(&pool, &[event("b")], &[update("W1", "W2")], &[])
+        .await
+        .unwrap();
+    assert_eq!(chain(&pool, sub).await, (Some("W2".to_owned()), false));
+    // Two batches for one subscription were in flight at once; the one committing last carries
+    // the older part of the chain (and events not stored before).
+    store_batch(&pool, &[event("c")], &[update("W0", "W1")], &[])
+        .await
+        .unwrap();
+    assert_eq!(chain(&pool, sub).await, (Some("W2".to_owned()), false));
+}
+
+#[sqlx::test]
+async fn a_batch_that_waited_for_a_newer_one_judges_the_chain_as_that_one_left_it(pool: PgPool) {
+    use rooms_sync::db::events::{NewEvent, store_batch};
+    use rooms_sync::db::subscriptions::EwsUpdate;
+    use rooms_sync::domain::{Backend, EventStatus};
+
+    let sub = seed_ews(&pool, "active", Some("W0")).await;
+    // The newer batch (W1 → W2) holds the subscription row, uncommitted; W0 → W1 was its
+    // predecessor's, stored as well.
+    let mut newer = pool.begin().await.unwrap();
+    sqlx::query(
+        "update subscriptions set last_watermark = 'W2', recent_watermarks = '{W2,W1,W1,W0}'
+         where id = $1",
+    )
+    .bind(sub)
+    .execute(&mut *newer)
+    .await
+    .unwrap();
+    // The older batch (W0 → W1, with events not stored before) starts meanwhile and waits.
+    let older = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let event = NewEvent {
+                backend: Backend::Ews,
+                remote_subscription_id: Some(EWS_SUB.to_owned()),
+                subscription_id: Some(sub),
+                mailbox_id: None,
+                kind: "created".to_owned(),
+                item_id: None,
+                status: EventStatus::Pending,
+                reject_reason: None,
+                dedupe_key: "late".to_owned(),
+                dedupe_window: None,
+                payload: "{}".to_owned(),
+                body_sha256: vec![0; 32],
+            };
+            let update = EwsUpdate {
+                first_previous: Some("W0".to_owned()),
+                last_watermark: Some("W1".to_owned()),
+                ..EwsUpdate::new(sub)
+            };
+            store_batch(&pool, &[event], &[update], &[]).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!older.is_finished(), "the older batch waits for the row");
+    newer.commit().await.unwrap();
+    older.await.unwrap().unwrap();
+    assert_eq!(chain(&pool, sub).await, (Some("W2".to_owned()), false));
+    assert_eq!(
+        event_count(&pool).await,
+        1,
+        "its events are stored all the same"
+    );
+}
