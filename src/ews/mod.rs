@@ -198,15 +198,16 @@ impl<'i> XmlIn<'i> {
             return Err(SoapError::UnsupportedEncoding("UTF-16".to_owned()));
         }
         let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+        refuse_doctype_in_prolog(body)?;
         // XML 1.0 has no NUL character, raw or referenced (references are checked where they
         // are resolved), and Postgres text cannot hold one: refusing it here means no parsed
-        // value can carry it to the database.
+        // value can carry it to the database. After the DOCTYPE check, which reads only the
+        // prolog: the cheapest refusal first.
         if let Some(at) = body.iter().position(|&b| b == 0) {
             return Err(SoapError::Malformed(format!(
                 "NUL byte at byte {at}, which XML does not allow"
             )));
         }
-        refuse_doctype_in_prolog(body)?;
         let text = std::str::from_utf8(body)
             .map_err(|e| SoapError::Malformed(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
         let mut reader = NsReader::from_str(text);
