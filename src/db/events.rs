@@ -1,5 +1,7 @@
 //! `notification_events`: every statement on the event table.
 
+use std::time::Duration;
+
 use sqlx::PgExecutor;
 
 use super::subscriptions::EwsUpdate;
@@ -17,26 +19,48 @@ pub struct NewEvent {
     pub status: EventStatus,
     pub reject_reason: Option<RejectReason>,
     pub dedupe_key: String,
+    /// How long `dedupe_key` stands. `None`: for ever (it names one change: an EWS watermark,
+    /// an item version). `Some(window)`: the event names nothing that differs between two
+    /// occurrences (a Graph lifecycle notification), so a copy arriving more than `window`
+    /// after the stored one is a new event and is stored again.
+    pub dedupe_window: Option<Duration>,
     /// JSON text of the event as received.
     pub payload: String,
     pub body_sha256: Vec<u8>,
 }
 
+/// How many watermarks `subscriptions.recent_watermarks` keeps.
+const RECENT_WATERMARKS: usize = 16;
+
 /// Stores a batch in one statement, so in one round trip and one commit: inserts `events`
 /// (skipping redeliveries: same backend, subscription and dedupe key), advances the EWS
-/// watermark chains (recording a gap when a `PreviousWatermark` does not continue the stored
-/// chain and is not a redelivery of its end, and losses reported by Exchange), and stamps Graph
-/// subscriptions' last notification time at most every few seconds (each stamp locks the row
-/// until commit). Returns `(backend, kind)` of the events actually inserted.
+/// watermark chains and records losses reported by Exchange, and stamps Graph subscriptions'
+/// last notification time at most every few seconds (each stamp locks the row until commit).
+/// Returns `(backend, kind)` of the events actually inserted.
+///
+/// The watermark chain of a subscription only moves forward. A batch moves it only if it
+/// inserted at least one event of that subscription and does not end on a watermark the chain
+/// has already passed (its stored end, or one of `recent_watermarks`); it records a gap when
+/// its `PreviousWatermark` does not continue the stored chain. A batch that inserted nothing is
+/// a redelivery whose first copy was stored (and answered) already: Exchange sends a
+/// subscription's next notification only once the previous one was answered, and that answer
+/// follows the commit that inserted it, so whatever moved the chain since is newer.
+///
+/// Events with a `dedupe_window` first retire the key of an identical stored event older than
+/// the window (a second statement before the insert, only when the batch has such events): the
+/// old row's key gets its id appended, so the new occurrence is inserted under the plain key and
+/// its own redeliveries still collide with it. Done outside the insert's transaction on purpose:
+/// if the insert then fails, the old row's key has lapsed just the same.
 ///
 /// # Errors
 /// Database errors, including a statement timeout.
-pub async fn store_batch(
-    executor: impl PgExecutor<'_>,
+pub async fn store_batch<'c>(
+    executor: impl PgExecutor<'c> + Copy,
     events: &[NewEvent],
     ews: &[EwsUpdate],
     graph_touched: &[i64],
 ) -> Result<Vec<(Backend, String)>, sqlx::Error> {
+    retire_lapsed_keys(executor, events).await?;
     sqlx::query_as(
         "with inserted as (
              insert into notification_events
@@ -49,19 +73,36 @@ pub async fn store_batch(
                   as e(backend, remote_subscription_id, subscription_id, mailbox_id, kind,
                        item_id, status, reject_reason, dedupe_key, payload, body_sha256)
              on conflict on constraint notification_events_dedupe_key do nothing
-             returning backend, kind
+             returning backend, kind, subscription_id
          ),
          ews as (
+             -- The chain is judged inside the row update, on the row as it is when this
+             -- statement gets its lock (a concurrent batch may just have moved it).
              update subscriptions s set
-                 last_watermark = coalesce(u.last_watermark, s.last_watermark),
+                 (last_watermark, recent_watermarks, gap_detected_at) = (
+                     select case when c.moves then u.last_watermark else s.last_watermark end,
+                            case when c.moves
+                                 then (array_remove(array[u.last_watermark, u.first_previous],
+                                                    null)
+                                       || s.recent_watermarks)[1:$18]
+                                 else s.recent_watermarks end,
+                            case when c.applies
+                                  and (u.inner_gap
+                                       or (u.first_previous is not null
+                                           and s.last_watermark is not null
+                                           and s.last_watermark <> u.first_previous))
+                                 then coalesce(s.gap_detected_at, now())
+                                 else s.gap_detected_at end
+                     from (select a.applies, a.applies and u.last_watermark is not null as moves
+                           from (select exists (select from inserted i
+                                                where i.subscription_id = u.id)
+                                        and not coalesce(u.last_watermark = s.last_watermark
+                                                         or u.last_watermark
+                                                            = any(s.recent_watermarks),
+                                                         false)
+                                        as applies) a) c
+                 ),
                  last_notification_at = now(),
-                 gap_detected_at = case
-                     when u.inner_gap
-                       or (u.first_previous is not null and s.last_watermark is not null
-                           and s.last_watermark <> u.first_previous
-                           and s.last_watermark is distinct from u.last_watermark)
-                     then coalesce(s.gap_detected_at, now())
-                     else s.gap_detected_at end,
                  lost_at = case when u.lost_reason is not null then coalesce(s.lost_at, now())
                                 else s.lost_at end,
                  lost_reason = coalesce(u.lost_reason, s.lost_reason),
@@ -144,8 +185,60 @@ pub async fn store_batch(
             .collect::<Vec<_>>(),
     )
     .bind(graph_touched)
+    .bind(i32::try_from(RECENT_WATERMARKS).unwrap_or(i32::MAX))
     .fetch_all(executor)
     .await
+}
+
+/// Appends its id to the key of every stored event that shares the key of one of `events`
+/// with a `dedupe_window` and was received longer than that window ago (see [`store_batch`]).
+async fn retire_lapsed_keys<'c>(
+    executor: impl PgExecutor<'c>,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    let windowed: Vec<(&NewEvent, Duration)> = events
+        .iter()
+        .filter_map(|e| e.dedupe_window.map(|w| (e, w)))
+        .collect();
+    if windowed.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "update notification_events n set dedupe_key = n.dedupe_key || ':' || n.id
+         from unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+              as r(backend, remote_subscription_id, dedupe_key, window_seconds)
+         where n.backend = r.backend
+           and n.remote_subscription_id = r.remote_subscription_id
+           and n.dedupe_key = r.dedupe_key
+           and n.received_at < now() - make_interval(secs => r.window_seconds)",
+    )
+    .bind(
+        windowed
+            .iter()
+            .map(|(e, _)| e.backend.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        windowed
+            .iter()
+            .map(|(e, _)| e.remote_subscription_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        windowed
+            .iter()
+            .map(|(e, _)| e.dedupe_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        windowed
+            .iter()
+            .map(|(_, w)| w.as_secs_f64())
+            .collect::<Vec<_>>(),
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Events and reservations per mailbox, for the demo's view.

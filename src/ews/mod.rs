@@ -10,7 +10,8 @@
 //! XML is read by namespace URI and local name, never by prefix. The reader
 //! policy (`XmlIn`) refuses any DTD before reading it, never expands
 //! entities other than the five predefined ones and character references,
-//! bounds element depth to [`MAX_DEPTH`] and accepts UTF-8 only.
+//! bounds element depth to [`MAX_DEPTH`], accepts UTF-8 only and refuses NUL
+//! (which XML does not allow and Postgres text cannot hold).
 
 use std::borrow::Cow;
 
@@ -182,7 +183,7 @@ pub(crate) enum Tok<'i> {
 
 /// The safe XML reader: a streaming [`NsReader`] over a UTF-8 slice with the
 /// module's policy applied (no DTD, no custom entities, bounded depth, UTF-8 only,
-/// end tag names checked).
+/// no NUL, end tag names checked).
 #[derive(Debug)]
 pub(crate) struct XmlIn<'i> {
     reader: NsReader<&'i [u8]>,
@@ -198,6 +199,15 @@ impl<'i> XmlIn<'i> {
         }
         let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
         refuse_doctype_in_prolog(body)?;
+        // XML 1.0 has no NUL character, raw or referenced (references are checked where they
+        // are resolved), and Postgres text cannot hold one: refusing it here means no parsed
+        // value can carry it to the database. After the DOCTYPE check, which reads only the
+        // prolog: the cheapest refusal first.
+        if let Some(at) = body.iter().position(|&b| b == 0) {
+            return Err(SoapError::Malformed(format!(
+                "NUL byte at byte {at}, which XML does not allow"
+            )));
+        }
         let text = std::str::from_utf8(body)
             .map_err(|e| SoapError::Malformed(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
         let mut reader = NsReader::from_str(text);
@@ -567,6 +577,26 @@ mod tests {
         ));
         assert!(tokens("<?xml version=\"1.0\" encoding=\"UTF-8\"?><a/>").is_ok());
         assert!(tokens("<?xml version='1.0' encoding='us-ascii'?><a/>").is_ok());
+    }
+
+    #[test]
+    fn nul_is_refused_raw_anywhere_and_as_a_reference_in_text_or_attributes() {
+        for xml in [
+            "<a>x\0y</a>",
+            "<a b=\"x\0y\"/>",
+            "<a><![CDATA[x\0y]]></a>",
+            "<!-- \0 --><a/>",
+        ] {
+            assert!(
+                matches!(XmlIn::new(xml.as_bytes()), Err(SoapError::Malformed(m)) if m.contains("NUL")),
+                "{xml:?}"
+            );
+        }
+        let attr = XmlIn::new(b"<a b=\"x&#0;y\"/>").and_then(|mut x| match x.next()? {
+            Tok::Open(open) => open.attrs(["b"]).map(|_| ()),
+            _ => Ok(()),
+        });
+        assert!(matches!(attr, Err(SoapError::Malformed(_))), "{attr:?}");
     }
 
     #[test]

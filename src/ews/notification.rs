@@ -17,6 +17,23 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::{Ns, Open, SoapError, Tok, XmlIn, is_xml_whitespace, quote, unexpected_eof};
 
+/// Longest subscription id or item/folder `Id` accepted, in bytes. Exchange's are a few hundred
+/// bytes at most; the subscription id is part of a btree index entry on the event table (and
+/// the item id is stored beside it), and Postgres refuses an entry over about 2.7 kB. A longer
+/// id is [`SoapError::Invalid`], so whatever parses can be stored.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Refuses an id longer than [`MAX_ID_BYTES`]; `what` names it in the error.
+fn bounded_id(id: String, what: &str) -> Result<String, SoapError> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(SoapError::Invalid(format!(
+            "{} is longer than {MAX_ID_BYTES} bytes",
+            quote(what)
+        )));
+    }
+    Ok(id)
+}
+
 /// A parsed `SendNotification` request: one entry per
 /// `SendNotificationResponseMessage`, in document order (never empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,8 +218,9 @@ impl EventKind {
 ///
 /// Accepts SOAP 1.1 and 1.2 envelopes with any prefixes, a BOM, an XML
 /// declaration (UTF-8 only), comments and processing instructions. Refuses
-/// DTDs, undeclared entities, nesting deeper than [`super::MAX_DEPTH`], and
-/// bodies that break the schema where it matters (see [`SoapError`]).
+/// DTDs, undeclared entities, NUL, nesting deeper than [`super::MAX_DEPTH`],
+/// ids longer than [`MAX_ID_BYTES`], and bodies that break the schema where it
+/// matters (see [`SoapError`]): every value it returns can be stored.
 pub fn parse_send_notification(body: &[u8]) -> Result<SendNotification, SoapError> {
     let mut x = XmlIn::new(body)?;
     let root = loop {
@@ -440,7 +458,9 @@ fn message_xml_subscription_id(x: &mut XmlIn<'_>) -> Result<Option<String>, Soap
             Tok::Open(open) if open.ns.is_ews() && open.local() == "Value" => {
                 let [name] = open.attrs(["Name"])?;
                 if found.is_none() && name.as_deref() == Some("SubscriptionId") {
-                    found = non_empty(x.text("Value")?);
+                    found = non_empty(x.text("Value")?)
+                        .map(|id| bounded_id(id, "SubscriptionId"))
+                        .transpose()?;
                 } else {
                     x.skip()?;
                 }
@@ -458,6 +478,7 @@ fn raw_notification(x: &mut XmlIn<'_>) -> Result<RawNotification, SoapError> {
         "SubscriptionId" => {
             let id = non_empty(x.text("SubscriptionId")?)
                 .ok_or_else(|| invalid("SubscriptionId is empty"))?;
+            let id = bounded_id(id, "SubscriptionId")?;
             set_once(&mut n.subscription_id, id, "SubscriptionId")
         }
         "PreviousWatermark" => {
@@ -551,6 +572,7 @@ fn item_ref(x: &mut XmlIn<'_>, open: &Open<'_>) -> Result<ItemRef, SoapError> {
     let id = id
         .filter(|id| !id.is_empty())
         .ok_or_else(|| SoapError::Invalid(format!("{} has no Id", quote(open.local()))))?;
+    let id = bounded_id(id, &format!("{} Id", open.local()))?;
     Ok(ItemRef {
         id,
         change_key: change_key.filter(|k| !k.is_empty()),
@@ -1561,6 +1583,38 @@ mod tests {
     }
 
     #[test]
+    fn ids_past_the_bound_are_refused_so_that_whatever_parses_can_be_stored() {
+        let created = fixture!("send-notification-created.xml");
+        let at_bound = "i".repeat(MAX_ID_BYTES);
+        let past = "i".repeat(MAX_ID_BYTES + 1);
+        let item = "AAMkAGZpeHR1cmUtcm9vbS1hAEYAAAAAbWVldGluZy0xMDAx+/AAA=";
+        let n = single_notification(&replaced(created, item, &at_bound));
+        assert_eq!(n.events[0].item_id(), Some(at_bound.as_str()));
+        assert_invalid(
+            &replaced(created, item, &past),
+            "ItemId Id is longer than 1024 bytes",
+        );
+        assert_eq!(
+            single_notification(&replaced(created, SUB_A, &at_bound)).subscription_id,
+            at_bound
+        );
+        assert_invalid(
+            &replaced(created, SUB_A, &past),
+            "SubscriptionId is longer than 1024 bytes",
+        );
+        assert_invalid(
+            &replaced(created, CAL_A, &past),
+            "ParentFolderId Id is longer than 1024 bytes",
+        );
+        let error = fixture!("send-notification-error-readeventsfailed.xml");
+        let id = parse(error).subscription_ids().next().unwrap().to_owned();
+        assert_invalid(
+            &replaced(error, &id, &past),
+            "SubscriptionId is longer than 1024 bytes",
+        );
+    }
+
+    #[test]
     fn an_error_message_needs_a_response_code_and_may_take_its_id_from_a_notification() {
         let error = fixture!("send-notification-error-readeventsfailed.xml");
         assert_invalid(
@@ -1776,9 +1830,11 @@ mod tests {
                 for message in &parsed.messages {
                     if let NotificationMessage::Notification(n) = message {
                         prop_assert!(!n.subscription_id.is_empty());
+                        prop_assert!(n.subscription_id.len() <= MAX_ID_BYTES);
                         prop_assert!(!n.events.is_empty());
                         for e in &n.events {
                             prop_assert!(e.kind == EventKind::Status || e.target.is_some());
+                            prop_assert!(e.item_id().is_none_or(|id| id.len() <= MAX_ID_BYTES));
                         }
                     }
                 }

@@ -37,6 +37,25 @@ pub const MAX_ITEMS: usize = 10_000;
 /// otherwise be accepted and handed on to Postgres.
 pub const MAX_DEPTH: usize = 64;
 
+/// Longest `subscriptionId` and `resourceData.id` accepted, in bytes. Graph's are a GUID and an
+/// id of about 150 bytes; the subscription id is part of a btree index entry on the event table
+/// (and the item id is stored beside it), and Postgres refuses an entry over about 2.7 kB. A
+/// longer id is [`GraphError::Invalid`], so whatever parses can be stored.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Most digits (integer and fraction part together) a JSON number may have.
+///
+/// Postgres stores `jsonb` numbers as `numeric`, which refuses values past its range (about
+/// 131,000 digits before the point, 16,383 after, and on older servers an exponent beyond
+/// ±1000). Such numbers are refused here rather than rewritten (e.g. as strings): the item is
+/// stored exactly as received or not at all, and Graph never sends them. Together with
+/// [`MAX_NUMBER_EXPONENT`] this keeps every number well inside what every supported Postgres
+/// version accepts (at most 2,000 digits either side of the point).
+pub const MAX_NUMBER_DIGITS: usize = 1000;
+
+/// Largest exponent magnitude a JSON number may have (see [`MAX_NUMBER_DIGITS`]).
+pub const MAX_NUMBER_EXPONENT: u64 = 1000;
+
 /// Longest decoded `validationToken` accepted, in bytes.
 pub const MAX_VALIDATION_TOKEN_BYTES: usize = 1024;
 
@@ -62,8 +81,8 @@ pub enum GraphError {
     NoValueArray,
     /// Well-formed JSON (or a query string) that breaks a rule: an item that is
     /// not an object, without `subscriptionId`, with neither `changeType` nor
-    /// `lifecycleEvent`, too many items, a string Postgres cannot store, or a
-    /// refused `validationToken`.
+    /// `lifecycleEvent`, an id longer than [`MAX_ID_BYTES`], too many items, a
+    /// string or number Postgres cannot store, or a refused `validationToken`.
     #[error("invalid request: {0}")]
     Invalid(String),
 }
@@ -302,6 +321,14 @@ impl fmt::Debug for GraphNotification {
 }
 
 impl GraphNotification {
+    /// True when the item names the object it is about: `resourceData.id`,
+    /// `resource` or the notification `id` (what [`Self::dedupe_key`] keys a
+    /// change by). Lifecycle notifications usually name none.
+    #[must_use]
+    pub const fn names_an_object(&self) -> bool {
+        self.resource_id.is_some() || self.resource.is_some() || self.id.is_some()
+    }
+
     /// The key under which this item is stored once, however often Graph
     /// delivers it.
     ///
@@ -319,9 +346,11 @@ impl GraphNotification {
     ///   `subscription_expiration` as RFC 3339 UTC with nanoseconds
     ///   (`2026-12-02T09:15:30.123456700Z`, so `+00:00` and `Z` forms of one
     ///   instant agree), the notification `id`. A repeat of the same lifecycle
-    ///   event for the same subscription and expiration without an `id` is
-    ///   therefore a duplicate; the periodic resync covers a genuinely
-    ///   repeated `missed`.
+    ///   event for the same subscription and expiration without an `id` gets
+    ///   the same key as the first: only the time it arrives tells a repeat
+    ///   from a redelivery, so the caller must let the key lapse once the
+    ///   redelivery window has passed (ingest does; see
+    ///   [`Self::names_an_object`]).
     /// * unknown kind: `u`, `subscription_id`, [`GraphKind::as_str`], the
     ///   object (as for a change), `etag`, the expiration (as for lifecycle),
     ///   the notification `id`.
@@ -389,7 +418,11 @@ impl GraphNotification {
 ///   RFC 3339 with any offset and 0–9 fraction digits is read, and so is a
 ///   timestamp without offset (taken as UTC).
 /// * A `\u0000` escape or an unpaired surrogate escape anywhere in the body is
-///   [`GraphError::Invalid`]: valid JSON, but Postgres cannot store it.
+///   [`GraphError::Invalid`]: valid JSON, but Postgres cannot store it. So is
+///   a number with more than [`MAX_NUMBER_DIGITS`] digits or an exponent
+///   beyond ±[`MAX_NUMBER_EXPONENT`] (`jsonb` keeps numbers as `numeric`), and
+///   a `subscriptionId` or `resourceData.id` longer than [`MAX_ID_BYTES`]. Every
+///   item this returns can therefore be stored as it is.
 ///
 /// The body is scanned once for depth and escapes, then parsed once: the
 /// envelope is read with each item captured as a borrowed raw slice, and each
@@ -446,6 +479,22 @@ fn parse_item(index: usize, raw: &RawValue) -> Result<GraphNotification, GraphEr
             )));
         }
     };
+    let too_long = |what: &str| {
+        GraphError::Invalid(format!(
+            "item {index}: {what} is longer than {MAX_ID_BYTES} bytes"
+        ))
+    };
+    if subscription_id.len() > MAX_ID_BYTES {
+        return Err(too_long("subscriptionId"));
+    }
+    if wire
+        .resource_data
+        .id
+        .as_ref()
+        .is_some_and(|id| id.len() > MAX_ID_BYTES)
+    {
+        return Err(too_long("resourceData.id"));
+    }
     let kind = match (
         non_empty(wire.lifecycle_event.0),
         non_empty(wire.change_type.0),
@@ -518,9 +567,9 @@ fn describe(error: &serde_json::Error, with_position: bool) -> String {
     }
 }
 
-/// One pass over the body: refuses nesting deeper than [`MAX_DEPTH`] and the
-/// `\u0000` / unpaired-surrogate escapes Postgres cannot store. Anything else
-/// wrong with the JSON is left to `serde_json`.
+/// One pass over the body: refuses nesting deeper than [`MAX_DEPTH`], and the
+/// `\u0000` / unpaired-surrogate escapes and the numbers Postgres cannot store.
+/// Anything else wrong with the JSON is left to `serde_json`.
 fn scan(bytes: &[u8]) -> Result<(), GraphError> {
     let mut depth = 0usize;
     let mut in_string = false;
@@ -574,10 +623,72 @@ fn scan(bytes: &[u8]) -> Result<(), GraphError> {
                     }
                 }
                 b'}' | b']' => depth = depth.saturating_sub(1),
+                b'-' | b'0'..=b'9' => {
+                    // serde_json checks no range when it skips an unknown field or captures a
+                    // raw item, so this is the only place a number's size is ever looked at.
+                    let end = number_end(bytes, i);
+                    check_number(bytes.get(i..end).unwrap_or_default())?;
+                    i = end;
+                    continue;
+                }
                 _ => {}
             }
         }
         i += 1;
+    }
+    Ok(())
+}
+
+/// The end of the number token starting at `start` (`-`, digits, `.` digits,
+/// `e`/`E` sign digits, each part optional here: malformed tokens are left for
+/// `serde_json` to refuse). Always past `start` when a `-` or digit is there.
+fn number_end(bytes: &[u8], start: usize) -> usize {
+    let digits = |mut j: usize| {
+        while bytes.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        j
+    };
+    let mut j = start;
+    if bytes.get(j) == Some(&b'-') {
+        j += 1;
+    }
+    j = digits(j);
+    if bytes.get(j) == Some(&b'.') {
+        j = digits(j + 1);
+    }
+    if matches!(bytes.get(j), Some(b'e' | b'E')) {
+        j += 1;
+        if matches!(bytes.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        j = digits(j);
+    }
+    j
+}
+
+/// Refuses a number token with more than [`MAX_NUMBER_DIGITS`] digits or an
+/// exponent beyond ±[`MAX_NUMBER_EXPONENT`].
+fn check_number(token: &[u8]) -> Result<(), GraphError> {
+    let (mantissa, exponent) = match token.iter().position(|b| matches!(b, b'e' | b'E')) {
+        Some(at) => {
+            let (mantissa, rest) = token.split_at(at);
+            (mantissa, rest.get(1..).unwrap_or_default())
+        }
+        None => (token, &[][..]),
+    };
+    let digits = mantissa.iter().filter(|b| b.is_ascii_digit()).count();
+    let magnitude = exponent
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .fold(0u64, |acc, d| {
+            acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        });
+    if digits > MAX_NUMBER_DIGITS || magnitude > MAX_NUMBER_EXPONENT {
+        return Err(GraphError::Invalid(format!(
+            "a JSON number has more than {MAX_NUMBER_DIGITS} digits or an exponent beyond \
+             ±{MAX_NUMBER_EXPONENT}, which cannot be stored"
+        )));
     }
     Ok(())
 }
@@ -1629,7 +1740,7 @@ mod tests {
     #[test]
     fn brackets_inside_strings_do_not_count_as_nesting() {
         let body = format!(
-            r#"{{"value":[{{"subscriptionId":"{}","changeType":"created","x":"\"[{{"}}]}}"#,
+            r#"{{"value":[{{"subscriptionId":"s","note":"{}","changeType":"created","x":"\"[{{"}}]}}"#,
             "[{".repeat(1_000)
         );
         assert_eq!(parse(body.as_bytes()).len(), 1);
@@ -1668,6 +1779,78 @@ mod tests {
         let fine = r#"{"value":[{"subscriptionId":"s\\u0000","changeType":"created","n":"\uD83D\uDE00 \u00e9"}]}"#;
         let items = parse(fine.as_bytes());
         assert_eq!(items[0].subscription_id, r"s\u0000");
+    }
+
+    #[test]
+    fn numbers_numeric_cannot_hold_are_invalid_and_ordinary_ones_are_fine() {
+        let body = |number: &str| {
+            format!(
+                r#"{{"value":[{{"subscriptionId":"s","changeType":"created","n":{number},"m":[1,{{"k":"1e999999"}}]}}]}}"#
+            )
+        };
+        let digits = "7".repeat(MAX_NUMBER_DIGITS);
+        for fine in [
+            "0",
+            "-0",
+            "12.5",
+            "-1.5E+3",
+            "1e1000",
+            "1e-1000",
+            "-9e0001000",
+            digits.as_str(),
+            &format!("0.{}", "1".repeat(MAX_NUMBER_DIGITS - 1)),
+            &format!("{digits}e-1000"),
+        ] {
+            assert!(
+                parse_notification_collection(body(fine).as_bytes()).is_ok(),
+                "{fine}"
+            );
+        }
+        for bad in [
+            "1e200000".to_owned(),
+            "1e1001".to_owned(),
+            "-1E-1001".to_owned(),
+            "1e99999999999999999999999999".to_owned(),
+            format!("{digits}7"),
+            format!("0.{}1", "0".repeat(20_000)),
+            format!("[1, -{}]", "9".repeat(140_000)),
+        ] {
+            let err = parse_notification_collection(body(&bad).as_bytes());
+            assert!(is_invalid(err.clone()), "{}: {err:?}", bad.len());
+            assert!(err.unwrap_err().to_string().contains("cannot be stored"));
+        }
+        // Outside the items too: the whole body is checked in one pass.
+        let outside = r#"{"odd": 1e5000, "value":[{"subscriptionId":"s","changeType":"created"}]}"#;
+        assert!(is_invalid(parse_notification_collection(
+            outside.as_bytes()
+        )));
+    }
+
+    #[test]
+    fn ids_past_the_bound_are_invalid_so_that_whatever_parses_can_be_stored() {
+        let at_bound = "i".repeat(MAX_ID_BYTES);
+        let past = "i".repeat(MAX_ID_BYTES + 1);
+        let item = |sub: &str, id: &str| {
+            format!(
+                r#"{{"value":[{{"subscriptionId":"{sub}","changeType":"created","resourceData":{{"id":"{id}"}}}}]}}"#
+            )
+        };
+        let items = parse(item(&at_bound, &at_bound).as_bytes());
+        assert_eq!(items[0].subscription_id, at_bound);
+        assert_eq!(items[0].resource_id.as_deref(), Some(at_bound.as_str()));
+        for (body, what) in [
+            (
+                item(&past, "x"),
+                "item 0: subscriptionId is longer than 1024 bytes",
+            ),
+            (
+                item("s", &past),
+                "item 0: resourceData.id is longer than 1024 bytes",
+            ),
+        ] {
+            let err = parse_notification_collection(body.as_bytes()).unwrap_err();
+            assert_eq!(err, GraphError::Invalid(what.to_owned()));
+        }
     }
 
     #[test]

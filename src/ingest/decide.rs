@@ -5,6 +5,7 @@
 //! rules (clientState, Unsubscribe, gaps, grace window) are tested without a database.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -19,6 +20,15 @@ use crate::ews::{
     Event, EventKind, NotificationMessage, ObjectRef, SendNotification, SubscriptionStatus,
 };
 use crate::graph::notification::{GraphKind, GraphNotification, client_state_matches};
+
+/// How long an identical copy of a Graph item that names no object (a lifecycle notification)
+/// is taken for a redelivery of the stored one. Graph retries an unacknowledged POST for up to
+/// 4 hours, with the identical body, so every redelivery falls inside this window; the same
+/// notification arriving later (a second `reauthorizationRequired` or `missed` with the same
+/// expiration, nothing in it telling the two apart) is a new event and is stored again. A
+/// genuine repeat inside the window is folded into the first: if that one is still pending, acting on
+/// it covers both; a repeated `missed` is also covered by the worker's periodic full sync.
+pub(super) const REPEAT_WINDOW: Duration = Duration::from_secs(6 * 3600);
 
 /// One webhook POST, parsed.
 #[derive(Debug)]
@@ -179,6 +189,10 @@ fn plan_ews(
                         (None, _) => (EventStatus::Pending, None),
                     };
                     let payload = ews_payload(n, event);
+                    let key = match &event.watermark {
+                        Some(w) => digest_hex(&["ews-watermark", w]),
+                        None => digest_hex(&["ews-event", &payload]),
+                    };
                     plan.events.push(NewEvent {
                         backend: Backend::Ews,
                         remote_subscription_id: Some(n.subscription_id.clone()),
@@ -188,10 +202,8 @@ fn plan_ews(
                         item_id: event.item_id().map(str::to_owned),
                         status,
                         reject_reason: reject,
-                        dedupe_key: match &event.watermark {
-                            Some(w) => digest_hex(&["ews-watermark", w]),
-                            None => digest_hex(&["ews-event", &payload]),
-                        },
+                        dedupe_key: dedupe_key(reject, &key),
+                        dedupe_window: None,
                         payload,
                         body_sha256: body_sha256.to_vec(),
                     });
@@ -286,6 +298,13 @@ fn plan_graph(
         {
             plan.graph_touched.push(s.id);
         }
+        // The clientState is part of the key: an item carrying another one (a forgery, kept
+        // as `ignored`, or still unmatched and checked only once its subscription is known)
+        // can never take the key of the genuine item, before or after it.
+        let key = match &item.client_state {
+            Some(state) => digest_hex(&["graph", &item.dedupe_key(), "client-state", state]),
+            None => digest_hex(&["graph", &item.dedupe_key()]),
+        };
         plan.events.push(NewEvent {
             backend: Backend::Graph,
             remote_subscription_id: Some(item.subscription_id.clone()),
@@ -299,7 +318,11 @@ fn plan_graph(
             },
             status,
             reject_reason: reject,
-            dedupe_key: digest_hex(&["graph", &item.dedupe_key()]),
+            dedupe_key: dedupe_key(reject, &key),
+            // A change names its object and version: its key stands forever. An item naming
+            // none (lifecycle notifications) is identical each time it happens.
+            dedupe_window: (item.kind.is_lifecycle() || !item.names_an_object())
+                .then_some(REPEAT_WINDOW),
             payload: item.raw.get().to_owned(),
             body_sha256: body_sha256.to_vec(),
         });
@@ -335,6 +358,17 @@ fn ews_payload(n: &crate::ews::Notification, event: &Event) -> String {
         "unreadCount": event.unread_count,
     })
     .to_string()
+}
+
+/// The stored dedupe key: `key` for an event that is acted on, and a key of a namespace of its
+/// own for one stored as rejected, so that a rejected row (a forgery, a notification of a
+/// subscription we did not want at that moment) can never keep out a genuine event that
+/// shares its content.
+fn dedupe_key(reject: Option<RejectReason>, key: &str) -> String {
+    match reject {
+        Some(reason) => digest_hex(&["rejected", reason.as_str(), key]),
+        None => key.to_owned(),
+    }
 }
 
 /// Hex SHA-256 over length-prefixed parts: fixed-size keys whatever the input length (a btree

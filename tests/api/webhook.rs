@@ -771,3 +771,539 @@ async fn concurrent_deliveries_are_all_committed_before_they_are_answered(pool: 
     assert_eq!(distinct, 200);
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Bad input is answered 4xx, never 5xx: whatever the parsers accept can be stored.
+
+/// 4 KiB of letters and digits that do not compress: past what a btree index entry holds, and
+/// longer than any id Exchange sends.
+fn huge_id() -> String {
+    let mut rng = fastrand::Rng::with_seed(7);
+    (0..4096).map(|_| rng.alphanumeric()).collect()
+}
+
+#[sqlx::test]
+async fn content_postgres_cannot_store_is_refused_400_and_never_503(pool: PgPool) {
+    seed_ews(&pool, "active", None).await;
+    seed_graph(&pool, GRAPH_STATE).await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let ews = String::from_utf8(fixture("ews/send-notification-created.xml")).unwrap();
+    let graph = String::from_utf8(fixture("graph/change-created.json")).unwrap();
+    let change_key = r#"ChangeKey="DwAAABYAAADmZXh0LWNrLTEwMDE=""#;
+    let long = huge_id();
+    let extra = |field: &str| graph.replace(r#""tenantId""#, &format!(r#"{field}, "tenantId""#));
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "a number past jsonb's range",
+            "application/json",
+            extra(r#""x": 1e200000"#),
+        ),
+        (
+            "a number finer than numeric keeps",
+            "application/json",
+            extra(&format!(r#""x": 0.{}1"#, "0".repeat(20_000))),
+        ),
+        (
+            "a number with more digits than numeric keeps",
+            "application/json",
+            extra(&format!(r#""x": [-{}]"#, "9".repeat(140_000))),
+        ),
+        (
+            "a raw NUL in EWS text",
+            "text/xml",
+            ews.replace("<t:SubscriptionId>", "<t:SubscriptionId>\0"),
+        ),
+        (
+            "a raw NUL in an EWS attribute",
+            "text/xml",
+            ews.replace(change_key, "ChangeKey=\"Dw\0AA\""),
+        ),
+        (
+            "a NUL reference in an EWS attribute",
+            "text/xml",
+            ews.replace(change_key, r#"ChangeKey="Dw&#0;AA""#),
+        ),
+        (
+            "a huge EWS subscription id",
+            "text/xml",
+            ews.replace(EWS_SUB, &long),
+        ),
+        (
+            "a huge EWS item id",
+            "text/xml",
+            ews.replace(
+                "AAMkAGZpeHR1cmUtcm9vbS1hAEYAAAAAbWVldGluZy0xMDAx+/AAA=",
+                &long,
+            ),
+        ),
+        (
+            "a huge Graph subscription id",
+            "application/json",
+            graph.replace(GRAPH_SUB, &long),
+        ),
+        (
+            "a huge Graph item id",
+            "application/json",
+            graph.replace("AAMkAGF1cm9yYS1ldnQtMDAxAA==", &long),
+        ),
+    ];
+    for (name, content_type, body) in cases {
+        let response = post(&app, content_type, body.into_bytes()).await;
+        let status = response.status().as_u16();
+        let reason = response.text().await.unwrap();
+        assert_eq!(status, 400, "{name}: {reason}");
+        assert!(
+            !reason.is_empty() && reason.len() < 300,
+            "{name}: {reason:?}"
+        );
+    }
+    assert_eq!(event_count(&pool).await, 0);
+    app.stop().await;
+}
+
+/// Text for ids and other strings: plain, empty, long, and the characters parsers and Postgres
+/// disagree about (NUL, lone surrogates, references), for `json` or XML.
+fn odd_text(json: bool) -> proptest::strategy::BoxedStrategy<String> {
+    use proptest::prelude::*;
+    let chunk = if json {
+        prop_oneof![
+            24 => "[A-Za-z0-9+/=_-]{1,40}",
+            2 => "[A-Za-z0-9]{1000,1100}",
+            1 => "[A-Za-z0-9]{2500,3000}",
+            1 => Just("\\u0000".to_owned()),
+            1 => Just("\\ud800".to_owned()),
+            2 => Just("\\ud83d\\ude00".to_owned()),
+            2 => Just("\\n\\\"\\\\".to_owned()),
+            6 => any::<char>().prop_map(|c| match c {
+                '"' | '\\' => "x".to_owned(),
+                c if c.is_control() => format!("\\u{:04x}", u32::from(c)),
+                c => c.to_string(),
+            }),
+        ]
+        .boxed()
+    } else {
+        prop_oneof![
+            24 => "[A-Za-z0-9+/=_-]{1,40}",
+            2 => "[A-Za-z0-9]{1000,1100}",
+            1 => "[A-Za-z0-9]{2500,3000}",
+            1 => Just("\0".to_owned()),
+            1 => Just("&#0;".to_owned()),
+            2 => Just("&#x1F600;&amp;&lt;".to_owned()),
+            1 => Just("\u{1}".to_owned()),
+            6 => any::<char>().prop_map(|c| match c {
+                '<' | '&' | '"' => "x".to_owned(),
+                c => c.to_string(),
+            }),
+        ]
+        .boxed()
+    };
+    proptest::collection::vec(chunk, 1..3)
+        .prop_map(|parts| parts.concat())
+        .boxed()
+}
+
+/// JSON numbers from ordinary to far past what `numeric` takes.
+fn odd_number() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    (
+        any::<bool>(),
+        prop_oneof![
+            6 => Just(1usize),
+            6 => 1usize..30,
+            1 => 900usize..1100,
+            1 => 130_000usize..132_000
+        ],
+        prop_oneof![6 => Just(0usize), 6 => 1usize..30, 1 => 16_000usize..17_000],
+        prop_oneof![
+            6 => Just(None),
+            6 => (-1_100i64..1_100).prop_map(Some),
+            1 => any::<i64>().prop_map(Some)
+        ],
+    )
+        .prop_map(|(negative, int_digits, frac_digits, exponent)| {
+            let mut n = String::new();
+            if negative {
+                n.push('-');
+            }
+            n.push('7');
+            n.push_str(&"3".repeat(int_digits - 1));
+            if frac_digits > 0 {
+                n.push('.');
+                n.push_str(&"1".repeat(frac_digits));
+            }
+            if let Some(e) = exponent {
+                n.push_str(&format!("e{e}"));
+            }
+            n
+        })
+}
+
+#[sqlx::test]
+async fn whatever_the_parsers_accept_is_stored_and_nothing_is_answered_5xx(pool: PgPool) {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+
+    const CASES: usize = 96;
+    seed_graph(&pool, GRAPH_STATE).await;
+    seed_ews(&pool, "active", None).await;
+    let app = TestApp::spawn(pool.clone()).await;
+    // Deterministic, so a failure reproduces; the cases are generated, not shrunk.
+    let mut runner = TestRunner::deterministic();
+
+    // How many bodies each parser accepted, per backend: both outcomes must be exercised.
+    let mut accepted_count = [0usize; 2];
+    let graph = (odd_text(true), odd_text(true), odd_text(true), odd_number());
+    for case in 0..CASES {
+        let (sub, item, text, number) = graph.new_tree(&mut runner).unwrap().current();
+        let sub = if case % 2 == 0 {
+            GRAPH_SUB.to_owned()
+        } else {
+            sub
+        };
+        let body = format!(
+            r#"{{"value":[{{"subscriptionId":"{sub}","clientState":"{GRAPH_STATE}","changeType":"updated","resource":"Users/x/Events/{item}","resourceData":{{"id":"{item}","@odata.etag":"{case}"}},"note":"{text}","n":{number},"more":[{number},{{"k":"{text}"}}]}}]}}"#
+        );
+        let accepted =
+            rooms_sync::graph::notification::parse_notification_collection(body.as_bytes()).is_ok();
+        let before = event_count(&pool).await;
+        let response = post(&app, "application/json", body.clone().into_bytes()).await;
+        let status = response.status().as_u16();
+        let reason = response.text().await.unwrap();
+        let expected = if accepted { 202 } else { 400 };
+        assert_eq!(
+            status,
+            expected,
+            "Graph case {case}: {reason}; body starts {:?}",
+            body.chars().take(300).collect::<String>()
+        );
+        let stored = event_count(&pool).await - before;
+        assert_eq!(stored, i64::from(accepted), "Graph case {case}");
+        accepted_count[0] += usize::from(accepted);
+    }
+
+    let template = String::from_utf8(fixture("ews/send-notification-created.xml")).unwrap();
+    let ews = (odd_text(false), odd_text(false), odd_text(false));
+    for case in 0..CASES {
+        let (sub, item, change_key) = ews.new_tree(&mut runner).unwrap().current();
+        let sub = if case % 2 == 0 {
+            EWS_SUB.to_owned()
+        } else {
+            sub
+        };
+        let body = template
+            .replace(EWS_SUB, &sub)
+            .replace(
+                "AAMkAGZpeHR1cmUtcm9vbS1hAEYAAAAAbWVldGluZy0xMDAx+/AAA=",
+                &item,
+            )
+            .replace("DwAAABYAAADmZXh0LWNrLTEwMDE=", &change_key)
+            // A fresh chain per case, so every accepted body stores its two events.
+            .replace("AQAAAHJvb20tYS13bS0wMDAz", &format!("WM-{case}-a"))
+            .replace("AQAAAHJvb20tYS13bS0wMDA0", &format!("WM-{case}-b"));
+        let accepted = rooms_sync::ews::parse_send_notification(body.as_bytes()).is_ok();
+        let before = event_count(&pool).await;
+        let response = post(&app, "text/xml", body.clone().into_bytes()).await;
+        let status = response.status().as_u16();
+        let reason = response.text().await.unwrap();
+        let expected = if accepted { 200 } else { 400 };
+        assert_eq!(
+            status,
+            expected,
+            "EWS case {case}: {reason}; body {:?}",
+            body.chars().take(300).collect::<String>()
+        );
+        let stored = event_count(&pool).await - before;
+        assert_eq!(stored, if accepted { 2 } else { 0 }, "EWS case {case}");
+        accepted_count[1] += usize::from(accepted);
+    }
+    for accepted in accepted_count {
+        assert!(
+            (CASES / 8..CASES - CASES / 8).contains(&accepted),
+            "accepted per backend: {accepted_count:?} of {CASES}"
+        );
+    }
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle notifications and forged items must not eat real events.
+
+#[sqlx::test]
+async fn a_lifecycle_notification_repeated_a_day_later_is_stored_again_but_a_redelivery_once(
+    pool: PgPool,
+) {
+    seed_graph(&pool, GRAPH_STATE).await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let names = [
+        "lifecycle-reauthorization-required.json",
+        "lifecycle-missed.json",
+    ];
+    for name in names {
+        let body = fixture(&format!("graph/{name}"));
+        // Graph redelivers the identical body when it saw no 2xx in time.
+        for _ in 0..2 {
+            assert_eq!(
+                post(&app, "application/json", body.clone()).await.status(),
+                202
+            );
+        }
+    }
+    assert_eq!(event_count(&pool).await, 2, "a redelivery is stored once");
+
+    // A day later the same subscription needs reauthorizing again, and misses again, with the
+    // same expiration (nothing renewed it in between): the notifications are identical.
+    sqlx::query("update notification_events set received_at = received_at - interval '1 day'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for name in names {
+        let body = fixture(&format!("graph/{name}"));
+        for _ in 0..2 {
+            assert_eq!(
+                post(&app, "application/json", body.clone()).await.status(),
+                202
+            );
+        }
+    }
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("select kind, status from notification_events order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(k, s)| (k.as_str(), s.as_str())).collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("reauthorization_required", "pending"),
+            ("missed", "pending"),
+            ("reauthorization_required", "pending"),
+            ("missed", "pending"),
+        ]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_forged_item_never_keeps_out_the_genuine_item_that_follows_it(pool: PgPool) {
+    let sub = seed_graph(&pool, GRAPH_STATE).await;
+    let app = TestApp::spawn(pool.clone()).await;
+    let genuine = fixture("graph/change-created.json");
+    let forged = String::from_utf8(genuine.clone())
+        .unwrap()
+        .replace(GRAPH_STATE, "a-forged-state");
+    assert_eq!(
+        post(&app, "application/json", forged.clone().into_bytes())
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        post(&app, "application/json", genuine.clone())
+            .await
+            .status(),
+        202
+    );
+    // Redeliveries of either are still stored once.
+    assert_eq!(post(&app, "application/json", genuine).await.status(), 202);
+    assert_eq!(
+        post(&app, "application/json", forged.into_bytes())
+            .await
+            .status(),
+        202
+    );
+    type Row = (String, Option<String>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select status, reject_reason, subscription_id from notification_events order by id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "ignored".to_owned(),
+                Some("client_state_mismatch".to_owned()),
+                Some(sub)
+            ),
+            ("pending".to_owned(), None, Some(sub)),
+        ]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_forged_item_that_beats_its_subscription_never_keeps_the_genuine_one_out(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let genuine = fixture("graph/change-created.json");
+    let forged = String::from_utf8(genuine.clone())
+        .unwrap()
+        .replace(GRAPH_STATE, "a-forged-state");
+    assert_eq!(
+        post(&app, "application/json", forged.into_bytes())
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(post(&app, "application/json", genuine).await.status(), 202);
+    let sub = seed_graph(&pool, GRAPH_STATE).await;
+    let done = rooms_sync::ingest::rematch(&pool, GRAPH_SUB).await.unwrap();
+    assert_eq!((done.attached, done.rejected), (1, 1));
+    let genuine: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "select status, subscription_id from notification_events where reject_reason is null",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(genuine, vec![("pending".to_owned(), Some(sub))]);
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// The EWS watermark chain only moves forward.
+
+const EWS_W2: &str = "AQAAAHJvb20tYS13bS0wMDAy";
+const EWS_W3: &str = "AQAAAHJvb20tYS13bS0wMDAz";
+const EWS_W4: &str = "AQAAAHJvb20tYS13bS0wMDA0";
+
+async fn chain(pool: &PgPool, sub: i64) -> (Option<String>, bool) {
+    let (watermark, gap): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("select last_watermark, gap_detected_at from subscriptions where id = $1")
+            .bind(sub)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (watermark, gap.is_some())
+}
+
+#[sqlx::test]
+async fn a_late_commit_of_an_older_notification_never_moves_the_watermark_back(pool: PgPool) {
+    let sub = seed_ews(&pool, "active", Some(EWS_W2)).await;
+    let app = TestApp::spawn(pool.clone()).await;
+    // N1 runs W2 → W4; N2 continues W4 → W6.
+    let first = String::from_utf8(fixture("ews/send-notification-created.xml")).unwrap();
+    let second = first
+        .replace(EWS_W4, "AQAAAHJvb20tYS13bS0wMDA2")
+        .replace(EWS_W3, "AQAAAHJvb20tYS13bS0wMDA1")
+        .replace(EWS_W2, EWS_W4);
+    for body in [&first, &second] {
+        let response = post(&app, "text/xml", body.clone().into_bytes()).await;
+        assert!(response.text().await.unwrap().contains(">OK<"));
+    }
+    assert_eq!(
+        chain(&pool, sub).await,
+        (Some("AQAAAHJvb20tYS13bS0wMDA2".to_owned()), false)
+    );
+    // Exchange retried N1 while its first copy was stuck before commit; the retry was stored and
+    // answered, N2 followed, and now the stuck copy commits.
+    let response = post(&app, "text/xml", first.into_bytes()).await;
+    assert!(response.text().await.unwrap().contains(">OK<"));
+    assert_eq!(
+        chain(&pool, sub).await,
+        (Some("AQAAAHJvb20tYS13bS0wMDA2".to_owned()), false),
+        "the chain neither moves back nor records a gap"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_batch_that_ends_where_the_stored_chain_has_already_passed_leaves_it_alone(pool: PgPool) {
+    use rooms_sync::db::events::{NewEvent, store_batch};
+    use rooms_sync::db::subscriptions::EwsUpdate;
+    use rooms_sync::domain::{Backend, EventStatus};
+
+    let sub = seed_ews(&pool, "active", Some("W0")).await;
+    let mailbox: i64 = sqlx::query_scalar("select mailbox_id from subscriptions where id = $1")
+        .bind(sub)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let event = |key: &str| NewEvent {
+        backend: Backend::Ews,
+        remote_subscription_id: Some(EWS_SUB.to_owned()),
+        subscription_id: Some(sub),
+        mailbox_id: Some(mailbox),
+        kind: "created".to_owned(),
+        item_id: None,
+        status: EventStatus::Pending,
+        reject_reason: None,
+        dedupe_key: key.to_owned(),
+        dedupe_window: None,
+        payload: "{}".to_owned(),
+        body_sha256: vec![0; 32],
+    };
+    let update = |previous: &str, last: &str| EwsUpdate {
+        first_previous: Some(previous.to_owned()),
+        last_watermark: Some(last.to_owned()),
+        ..EwsUpdate::new(sub)
+    };
+    store_batch(&pool, &[event("a")], &[update("W0", "W1")], &[])
+        .await
+        .unwrap();
+    store_batch(&pool, &[event("b")], &[update("W1", "W2")], &[])
+        .await
+        .unwrap();
+    assert_eq!(chain(&pool, sub).await, (Some("W2".to_owned()), false));
+    // Two batches for one subscription were in flight at once; the one committing last carries
+    // the older part of the chain (and events not stored before).
+    store_batch(&pool, &[event("c")], &[update("W0", "W1")], &[])
+        .await
+        .unwrap();
+    assert_eq!(chain(&pool, sub).await, (Some("W2".to_owned()), false));
+}
+
+#[sqlx::test]
+async fn a_batch_that_waited_for_a_newer_one_judges_the_chain_as_that_one_left_it(pool: PgPool) {
+    use rooms_sync::db::events::{NewEvent, store_batch};
+    use rooms_sync::db::subscriptions::EwsUpdate;
+    use rooms_sync::domain::{Backend, EventStatus};
+
+    let sub = seed_ews(&pool, "active", Some("W0")).await;
+    // The newer batch (W1 → W2) holds the subscription row, uncommitted; W0 → W1 was its
+    // predecessor's, stored as well.
+    let mut newer = pool.begin().await.unwrap();
+    sqlx::query(
+        "update subscriptions set last_watermark = 'W2', recent_watermarks = '{W2,W1,W1,W0}'
+         where id = $1",
+    )
+    .bind(sub)
+    .execute(&mut *newer)
+    .await
+    .unwrap();
+    // The older batch (W0 → W1, with events not stored before) starts meanwhile and waits.
+    let older = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let event = NewEvent {
+                backend: Backend::Ews,
+                remote_subscription_id: Some(EWS_SUB.to_owned()),
+                subscription_id: Some(sub),
+                mailbox_id: None,
+                kind: "created".to_owned(),
+                item_id: None,
+                status: EventStatus::Pending,
+                reject_reason: None,
+                dedupe_key: "late".to_owned(),
+                dedupe_window: None,
+                payload: "{}".to_owned(),
+                body_sha256: vec![0; 32],
+            };
+            let update = EwsUpdate {
+                first_previous: Some("W0".to_owned()),
+                last_watermark: Some("W1".to_owned()),
+                ..EwsUpdate::new(sub)
+            };
+            store_batch(&pool, &[event], &[update], &[]).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!older.is_finished(), "the older batch waits for the row");
+    newer.commit().await.unwrap();
+    older.await.unwrap().unwrap();
+    assert_eq!(chain(&pool, sub).await, (Some("W2".to_owned()), false));
+    assert_eq!(
+        event_count(&pool).await,
+        1,
+        "its events are stored all the same"
+    );
+}

@@ -15,6 +15,10 @@ const GRAPH_CREATED: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/graph/change-created.json"
 ));
+const GRAPH_LIFECYCLE: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/graph/lifecycle-and-change-mixed.json"
+));
 
 const EWS_SUB: &str = "KABzcnYtbWJ4MDEucm9vbXMuZXhhbXBsZRAAAAB+c3ViLXJvb20tYS0wMDE=";
 const EWS_PREVIOUS: &str = "AQAAAHJvb20tYS13bS0wMDAy";
@@ -256,4 +260,90 @@ fn dedupe_keys_are_fixed_size_and_separate_their_parts() {
     let long = "x".repeat(10_000);
     assert_eq!(digest_hex(&["graph", &long]).len(), 64);
     assert_ne!(digest_hex(&["ab", "c"]), digest_hex(&["a", "bc"]));
+}
+
+#[test]
+fn a_rejected_event_never_shares_the_key_of_the_genuine_one() {
+    let genuine = plan(
+        &[&graph()],
+        &lookup(
+            vec![sub(2, GRAPH_SUB, "graph", "active", Some(GRAPH_STATE))],
+            false,
+        ),
+    );
+    // The same item, its subscription superseded: stored, ignored, keyed apart.
+    let inactive = plan(
+        &[&graph()],
+        &lookup(
+            vec![sub(2, GRAPH_SUB, "graph", "superseded", Some(GRAPH_STATE))],
+            false,
+        ),
+    );
+    assert_eq!(inactive.events[0].status, EventStatus::Ignored);
+    assert_ne!(inactive.events[0].dedupe_key, genuine.events[0].dedupe_key);
+
+    let ews_active = plan(&[&ews()], &active_ews());
+    let ews_superseded = plan(
+        &[&ews()],
+        &lookup(vec![sub(1, EWS_SUB, "ews", "superseded", None)], false),
+    );
+    for (a, b) in ews_active.events.iter().zip(&ews_superseded.events) {
+        assert_ne!(a.dedupe_key, b.dedupe_key);
+        assert_eq!(b.dedupe_key.len(), 64);
+    }
+}
+
+#[test]
+fn graph_items_that_differ_only_in_client_state_never_share_a_key() {
+    let forged_body = String::from_utf8(GRAPH_CREATED.to_vec())
+        .unwrap()
+        .replace(GRAPH_STATE, "a-forged-state");
+    let forged = Delivery::graph(
+        parse_notification_collection(forged_body.as_bytes()).unwrap(),
+        forged_body.as_bytes(),
+    );
+    // Unmatched (the subscription is not stored yet): both wait as pending, keyed apart, so
+    // the check at match time still finds the genuine one.
+    let unmatched = plan(&[&forged, &graph()], &lookup(vec![], false));
+    assert!(
+        unmatched
+            .events
+            .iter()
+            .all(|e| e.status == EventStatus::Pending)
+    );
+    assert_ne!(
+        unmatched.events[0].dedupe_key,
+        unmatched.events[1].dedupe_key
+    );
+    // A redelivery of either keeps its key.
+    let again = plan(&[&graph()], &lookup(vec![], false));
+    assert_eq!(again.events[0].dedupe_key, unmatched.events[1].dedupe_key);
+}
+
+#[test]
+fn lifecycle_items_get_the_repeat_window_and_changes_a_key_for_good() {
+    let delivery = Delivery::graph(
+        parse_notification_collection(GRAPH_LIFECYCLE).unwrap(),
+        GRAPH_LIFECYCLE,
+    );
+    let plan = plan(&[&delivery], &lookup(vec![], false));
+    let windows: Vec<(&str, Option<Duration>)> = plan
+        .events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.dedupe_window))
+        .collect();
+    assert_eq!(
+        windows,
+        vec![
+            ("updated", None),
+            ("missed", Some(REPEAT_WINDOW)),
+            ("deleted", None),
+            ("reauthorization_required", Some(REPEAT_WINDOW)),
+        ]
+    );
+    assert!(
+        REPEAT_WINDOW > Duration::from_secs(4 * 3600),
+        "Graph retries for 4 hours"
+    );
+    assert!(plan.events.iter().all(|e| e.dedupe_key.len() == 64));
 }
