@@ -501,6 +501,15 @@ impl Room {
         )
     }
 
+    /// `msgfolderroot`, the top of the information store: the parent of the Calendar.
+    pub(crate) fn top_of_store_folder_id(&self) -> String {
+        format!(
+            "AAMkSIMTOIS{:08x}{}",
+            self.number,
+            short_hash(&self.address)
+        )
+    }
+
     pub(crate) fn deleted_items_folder_id(&self) -> String {
         format!("AAMkSIMDEL{:08x}{}", self.number, short_hash(&self.address))
     }
