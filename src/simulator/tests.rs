@@ -3966,3 +3966,240 @@ async fn delete_item_removes_a_meeting_and_deletes_an_occurrence_from_its_series
         "ErrorCalendarOccurrenceIsDeletedFromRecurrence"
     );
 }
+
+// ---- Graph event writes ------------------------------------------------------------
+
+async fn graph_send(
+    sim: &Sim,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let token = sim.token().await;
+    let mut req = sim.http.request(method, sim.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn graph_event_body(subject: &str, start: &str, end: &str) -> Value {
+    json!({
+        "subject": subject,
+        "start": { "dateTime": start, "timeZone": "UTC" },
+        "end": { "dateTime": end, "timeZone": "UTC" },
+        "location": { "displayName": "Room 1" },
+        "attendees": [],
+    })
+}
+
+#[tokio::test]
+async fn graph_event_writes_push_and_show_in_delta_exactly_like_control_api_changes() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (status, _) = sim.create_subscription(&subscription_body(&rx, 60)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let events = format!("/v1.0/users/{ROOM}/events");
+    let (status, created) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        &events,
+        Some(&graph_event_body(
+            "Booked over Graph",
+            "2026-03-02T09:00:00",
+            "2026-03-02T10:00:00",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["organizer"]["emailAddress"]["address"], ROOM);
+    assert_eq!(created["type"], "singleInstance");
+    let id = created["id"].as_str().unwrap().to_owned();
+    rx.wait_for(
+        "a Graph created with its clientState and an EWS CreatedEvent",
+        |r| {
+            r.iter().any(|r| {
+                r.path == "/graph"
+                    && r.body.contains("\"created\"")
+                    && r.body.contains("secret-client-state")
+                    && r.body.contains(&id)
+            }) && r
+                .iter()
+                .any(|r| r.path == "/ews" && r.body.contains("CreatedEvent"))
+        },
+    )
+    .await;
+    let (_, first) = sim.graph_get(&delta_start(&sim), None).await;
+    let link = first["@odata.deltaLink"].as_str().unwrap().to_owned();
+    let (status, patched) = graph_send(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{events}/{id}"),
+        Some(&json!({
+            "subject": "Moved over Graph",
+            "start": { "dateTime": "2026-03-02T11:00:00", "timeZone": "UTC" },
+            "end": { "dateTime": "2026-03-02T12:00:00", "timeZone": "UTC" },
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["subject"], "Moved over Graph");
+    assert_ne!(patched["changeKey"], created["changeKey"]);
+    let (_, second) = sim.graph_get(&link, None).await;
+    let changed = second["value"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{second}");
+    assert_eq!(
+        changed[0]["start"]["dateTime"],
+        "2026-03-02T11:00:00.0000000"
+    );
+    rx.wait_for("a Graph updated", |r| {
+        r.iter()
+            .any(|r| r.path == "/graph" && r.body.contains("\"updated\""))
+    })
+    .await;
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("{events}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Graph's DELETE moves the event to Deleted Items: EWS sees a move.
+    rx.wait_for("a Graph deleted and an EWS MovedEvent", |r| {
+        r.iter()
+            .any(|r| r.path == "/graph" && r.body.contains("\"deleted\""))
+            && r.iter()
+                .any(|r| r.path == "/ews" && r.body.contains("MovedEvent"))
+    })
+    .await;
+    let (status, _) = graph_event(&sim, &id).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_series_posted_to_graph_expands_and_its_occurrences_can_be_moved_and_deleted() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let mut body = graph_event_body("Weekly", "2026-03-02T09:00:00", "2026-03-02T10:00:00");
+    body["recurrence"] = json!({
+        "pattern": { "type": "weekly", "interval": 1, "daysOfWeek": ["monday"], "firstDayOfWeek": "sunday" },
+        "range": { "type": "endDate", "startDate": "2026-03-02", "endDate": "2026-03-23" },
+    });
+    let events = format!("/v1.0/users/{ROOM}/events");
+    let (status, master) = graph_send(&sim, reqwest::Method::POST, &events, Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{master}");
+    assert_eq!(master["type"], "seriesMaster");
+    assert_eq!(master["recurrence"]["range"]["type"], "endDate");
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 4);
+    let second = view[1]["id"].as_str().unwrap().to_owned();
+    let third = view[2]["id"].as_str().unwrap().to_owned();
+    let (status, moved) = graph_send(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{events}/{second}"),
+        Some(&json!({
+            "start": { "dateTime": "2026-03-10T15:00:00", "timeZone": "UTC" },
+            "end": { "dateTime": "2026-03-10T16:00:00", "timeZone": "UTC" },
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["type"], "exception");
+    assert_eq!(moved["id"], second);
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{events}/{second}"),
+        Some(&json!({ "subject": "Only this one" })),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the simulator keeps only times"
+    );
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("{events}/{third}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(graph_view(&sim).await.len(), 3);
+    // Each change of the series is a modification of its master in EWS.
+    let master_id = master["id"].as_str().unwrap().to_owned();
+    rx.wait_for("EWS ModifiedEvents of the master", |r| {
+        r.iter()
+            .filter(|r| r.body.contains("ModifiedEvent") && r.body.contains(&master_id))
+            .count()
+            >= 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn graph_event_writes_refuse_unreadable_zones_and_unknown_events_and_permanent_delete_removes()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let events = format!("/v1.0/users/{ROOM}/events");
+    let mut body = graph_event_body("Zoned", "2026-03-02T09:00:00", "2026-03-02T10:00:00");
+    body["start"]["timeZone"] = json!("Pacific Standard Time");
+    let (status, refused) = graph_send(&sim, reqwest::Method::POST, &events, Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"]["code"], "TimeZoneNotSupportedException");
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{events}/AAMkAGSIMunknown"),
+        Some(&json!({ "subject": "x" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        "/v1.0/users/nobody@sim.example/events",
+        Some(&graph_event_body(
+            "x",
+            "2026-03-02T09:00:00",
+            "2026-03-02T10:00:00",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Booked in the room's default calendar, then removed for good.
+    let (status, created) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        &format!("/v1.0/users/{ROOM}/calendar/events"),
+        Some(&graph_event_body(
+            "Gone",
+            "2026-03-02T09:00:00",
+            "2026-03-02T10:00:00",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        &format!("{events}/{id}/permanentDelete"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    rx.wait_for("an EWS DeletedEvent", |r| {
+        r.iter().any(|r| r.body.contains("DeletedEvent"))
+    })
+    .await;
+}

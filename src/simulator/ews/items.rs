@@ -24,7 +24,7 @@ use super::{
 };
 use crate::ews::tree::{Node, esc};
 use crate::simulator::calendar::{
-    Applied, Instance, MAX_OCCURRENCES, Meeting, Recurrence, Room, occurrence_id, weekday_name,
+    Applied, Instance, Meeting, RangeEnd, Recurrence, Room, client_recurrence, occurrence_id,
 };
 use crate::simulator::{Shared, SimError, push};
 
@@ -70,69 +70,48 @@ fn parse_time_of(node: &Node, what: &str) -> Result<DateTime<Utc>, Refusal> {
     })
 }
 
-/// A `t:Recurrence` as the simulator can hold it, given the series' first start.
-fn parse_recurrence(node: &Node, start: DateTime<Utc>) -> Result<Recurrence, Refusal> {
-    let unsupported = |what: &str| {
-        refusal(
-            "ErrorCalendarInvalidRecurrence",
-            format!(
-                "The simulator keeps daily and weekly series with an interval of 1 and a numbered or end-date range; {what}"
-            ),
-        )
-    };
+/// A `t:Recurrence` as the simulator can hold it, given the series' first start, with
+/// whether it ends on a date.
+fn parse_recurrence(node: &Node, start: DateTime<Utc>) -> Result<(Recurrence, bool), Refusal> {
+    let invalid = |what: String| refusal("ErrorCalendarInvalidRecurrence", what);
     let (weekly, pattern) = match (
         node.child("DailyRecurrence"),
         node.child("WeeklyRecurrence"),
     ) {
         (Some(p), _) => (false, p),
         (None, Some(p)) => (true, p),
-        (None, None) => return Err(unsupported("this pattern is not one of them.")),
-    };
-    if pattern
-        .child("Interval")
-        .is_some_and(|i| i.text.trim() != "1")
-    {
-        return Err(unsupported("this interval is not 1."));
-    }
-    if weekly {
-        let days = pattern
-            .child("DaysOfWeek")
-            .map(|d| d.text.trim())
-            .unwrap_or_default();
-        if days != weekday_name(start.date_naive()) {
-            return Err(unsupported(&format!(
-                "a weekly series repeats on the weekday it starts on ({}), not on {days:?}.",
-                weekday_name(start.date_naive())
-            )));
+        (None, None) => {
+            return Err(invalid(
+                "The simulator keeps daily and weekly series only.".to_owned(),
+            ));
         }
-    }
-    let count = if let Some(range) = node.child("NumberedRecurrence") {
-        range
-            .child("NumberOfOccurrences")
-            .and_then(|n| n.text.trim().parse::<u32>().ok())
-            .ok_or_else(|| unsupported("NumberOfOccurrences is missing."))?
-    } else if let Some(range) = node.child("EndDateRecurrence") {
-        let end = range
-            .child("EndDate")
-            .and_then(|d| parse_date(&d.text))
-            .ok_or_else(|| unsupported("EndDate is missing."))?;
-        let days = (end - start.date_naive()).num_days();
-        let step = if weekly { 7 } else { 1 };
-        u32::try_from(days.div_euclid(step) + 1).unwrap_or(0)
-    } else {
-        return Err(unsupported("a series without an end is not."));
     };
-    if count == 0 || count > MAX_OCCURRENCES {
-        return Err(refusal(
-            "ErrorCalendarInvalidRecurrence",
-            format!("A series needs 1 to {MAX_OCCURRENCES} occurrences."),
-        ));
-    }
-    Ok(if weekly {
-        Recurrence::Weekly { count }
+    let interval = pattern
+        .child("Interval")
+        .map_or(Some(1), |i| i.text.trim().parse::<u32>().ok())
+        .ok_or_else(|| invalid("Interval is not a number.".to_owned()))?;
+    let days: Vec<String> = pattern
+        .child("DaysOfWeek")
+        .map(|d| d.text.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let end = if let Some(range) = node.child("NumberedRecurrence") {
+        RangeEnd::Count(
+            range
+                .child("NumberOfOccurrences")
+                .and_then(|n| n.text.trim().parse::<u32>().ok())
+                .ok_or_else(|| invalid("NumberOfOccurrences is missing.".to_owned()))?,
+        )
+    } else if let Some(range) = node.child("EndDateRecurrence") {
+        RangeEnd::Date(
+            range
+                .child("EndDate")
+                .and_then(|d| parse_date(&d.text))
+                .ok_or_else(|| invalid("EndDate is missing.".to_owned()))?,
+        )
     } else {
-        Recurrence::Daily { count }
-    })
+        RangeEnd::Never
+    };
+    client_recurrence(weekly, interval, &days, start, end).map_err(invalid)
 }
 
 /// The `Send…` attribute a calendar operation requires, checked.
@@ -224,6 +203,8 @@ fn create_one(shared: &Arc<Shared>, room: &str, node: &Node) -> Result<String, R
         .child("Recurrence")
         .map(|r| parse_recurrence(r, start))
         .transpose()?;
+    let by_date = recurrence.is_some_and(|(_, by_date)| by_date);
+    let recurrence = recurrence.map(|(r, _)| r);
     let meeting = Meeting {
         subject: text("Subject").unwrap_or_default(),
         // The mailbox the item is created in organizes it.
@@ -233,11 +214,17 @@ fn create_one(shared: &Arc<Shared>, room: &str, node: &Node) -> Result<String, R
         is_all_day,
         location: text("Location").unwrap_or_default(),
     };
-    let applied = shared
-        .lock()
-        .cal
-        .create(room, meeting, recurrence)
-        .map_err(|e| sim_refusal(&e))?;
+    let applied = {
+        let mut state = shared.lock();
+        let applied = state
+            .cal
+            .create(room, meeting, recurrence)
+            .map_err(|e| sim_refusal(&e))?;
+        if by_date {
+            state.cal.mark_ends_by_date(room, &applied.item.id);
+        }
+        applied
+    };
     let xml = item_id_xml(&applied.item.id, &applied.item.change_key());
     push::on_change(shared, &applied);
     Ok(xml)
@@ -533,7 +520,7 @@ fn update_one(
                     return Err(SimError::InvalidMeeting("end before start".to_owned()));
                 }
                 if let Some(node) = &changes.recurrence {
-                    let recurrence = match parse_recurrence(node, m.start) {
+                    let (recurrence, by_date) = match parse_recurrence(node, m.start) {
                         Ok(r) => r,
                         Err(r) => {
                             refused = Some(r);
@@ -542,7 +529,7 @@ fn update_one(
                     };
                     let count = recurrence.count();
                     item.recurrence = Some(recurrence);
-                    item.ends_by_date = node.child("EndDateRecurrence").is_some();
+                    item.ends_by_date = by_date;
                     item.exceptions.retain(|i, _| *i < count);
                     item.deleted_occurrences.retain(|i| *i < count);
                 }
@@ -746,14 +733,14 @@ mod tests {
         );
         assert_eq!(
             parse_recurrence(&daily, start),
-            Ok(Recurrence::Daily { count: 5 })
+            Ok((Recurrence::Daily { count: 5 }, false))
         );
         let weekly = node(
             "<t:WeeklyRecurrence><t:Interval>1</t:Interval><t:DaysOfWeek>Tuesday</t:DaysOfWeek></t:WeeklyRecurrence><t:EndDateRecurrence><t:StartDate>2026-12-01</t:StartDate><t:EndDate>2026-12-22</t:EndDate></t:EndDateRecurrence>",
         );
         assert_eq!(
             parse_recurrence(&weekly, start),
-            Ok(Recurrence::Weekly { count: 4 })
+            Ok((Recurrence::Weekly { count: 4 }, true))
         );
     }
 
