@@ -1422,6 +1422,31 @@ async fn the_simulator_refuses_to_listen_beyond_loopback() {
 }
 
 #[test]
+fn the_banner_prints_the_settings_the_service_account_and_the_control_and_health_urls() {
+    let banner = banner("http://127.0.0.1:7070", &SimulatorConfig::default());
+    for line in [
+        "Exchange simulator listening on http://127.0.0.1:7070",
+        "EwsUrl=http://127.0.0.1:7070/EWS/Exchange.asmx",
+        "(for EwsAuth=basic: EwsUsername=sim-ews@sim.example EwsPassword=sim-ews-password)",
+        "Control API: http://127.0.0.1:7070/_sim (health: http://127.0.0.1:7070/_sim/health)",
+    ] {
+        assert!(banner.lines().any(|l| l == line), "{line} in {banner}");
+    }
+}
+
+#[tokio::test]
+async fn the_health_check_answers_ok_without_a_token_and_is_not_recorded() {
+    let sim = Sim::start().await;
+    let r = sim.http.get(sim.url("/_sim/health")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["baseUrl"], sim.handle.base_url());
+    assert_eq!(body["rooms"], 3);
+    assert!(sim.control().requests().is_empty());
+}
+
+#[test]
 fn the_printed_environment_points_serve_at_every_endpoint() {
     let env = serve_environment("http://127.0.0.1:7070", &SimulatorConfig::default());
     for line in [
