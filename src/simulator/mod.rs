@@ -1,8 +1,11 @@
 //! An Exchange that lives on loopback: room calendars in memory, served over real HTTP in
-//! Microsoft's wire formats (the OAuth token endpoint, Microsoft Graph subscriptions, events,
-//! calendarView and delta, EWS `Subscribe`/`GetItem`/`FindItem`/`SyncFolderItems`), and
+//! Microsoft's wire formats (the OAuth token endpoint, Microsoft Graph subscriptions, users,
+//! events and their writes, calendarView and delta, EWS `GetFolder`/`ConvertId`/`Subscribe`/
+//! `GetItem`/`FindItem`/`SyncFolderItems` and `CreateItem`/`UpdateItem`/`DeleteItem`), and
 //! notifications POSTed to callbacks the way Exchange does (validation handshake, keep-alive
-//! status events, retries, lifecycle events), deterministic for a given seed.
+//! status events, retries, lifecycle events), deterministic for a given seed. Client
+//! libraries (exchangelib, the msgraph SDKs) work against it unchanged; `docs/simulator.md`
+//! says how to point them at it.
 //!
 //! It is meant to be as strict as Microsoft wherever a lax simulator would let a wrong
 //! client pass: tokens work only for the resource they were issued for, app-only EWS calls
