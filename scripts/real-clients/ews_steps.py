@@ -177,6 +177,17 @@ async def run(runner, base, listener):
 
     await runner.step("ews sync, second round has only the change", sync_second)
 
+    def save_everything():
+        account, item = runner.need("account", "item")
+        item.subject = "Renamed by exchangelib"
+        item.save(send_meeting_invitations=SEND_TO_NONE)  # no update_fields: every property
+        [got] = list(account.fetch(ids=[item]))
+        check(got.subject == item.subject, f"subject {got.subject!r}")
+        check(got.start == item.start, f"start {got.start}")
+        return f"UpdateItem of every property (unset ones deleted): {got.subject!r}"
+
+    await runner.step("ews save every property (UpdateItem)", save_everything)
+
     def series():
         account = runner.need("account")
         master = CalendarItem(

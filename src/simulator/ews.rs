@@ -444,8 +444,10 @@ fn respond(
         "CreateItem" => items::create_item(shared, op, body, &who),
         "UpdateItem" => items::update_item(shared, op, body, &who),
         "DeleteItem" => items::delete_item(shared, op, body, &who),
+        // Not ErrorInvalidRequest: clients such as exchangelib read that as a schema
+        // version mismatch, retry under every older version and hide this message.
         other => soap_fault(
-            "ErrorInvalidRequest",
+            "ErrorInvalidOperation",
             &format!("The simulator does not implement {other}."),
             "",
         ),

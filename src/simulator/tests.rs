@@ -3586,6 +3586,10 @@ fn get_folders(ids: &[&str]) -> String {
     )
 }
 
+fn folder_of(message: &Node) -> Node {
+    message.child("Folders").unwrap().children[0].clone()
+}
+
 fn messages(body: &Node, op: &str) -> Vec<Node> {
     let name = format!("{op}ResponseMessage");
     body.find("ResponseMessages")
@@ -3608,14 +3612,21 @@ async fn get_folder_answers_root_msgfolderroot_and_calendar_under_the_server_ver
             &basic_service_account(),
             Some(ROOM),
             None,
-            &get_folders(&["root", "msgfolderroot", "calendar", "inbox"]),
+            &get_folders(&[
+                "root",
+                "msgfolderroot",
+                "calendar",
+                "inbox",
+                "recoverableitemsdeletions",
+            ]),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.path(&["Header", "ServerVersionInfo"]).is_some());
     let answers = messages(&body, "GetFolder");
-    assert_eq!(answers.len(), 4);
-    let folder = |i: usize| answers[i].child("Folders").unwrap().children[0].clone();
+    assert_eq!(answers.len(), 5);
+    assert_eq!(text_of(&folder_of(&answers[4]), "DisplayName"), "Deletions");
+    let folder = |i: usize| folder_of(&answers[i]);
     let (root, top, calendar) = (folder(0), folder(1), folder(2));
     assert_eq!(root.local, "Folder");
     assert!(
@@ -4227,4 +4238,97 @@ async fn graph_event_writes_refuse_unreadable_zones_and_unknown_events_and_perma
         r.iter().any(|r| r.body.contains("DeletedEvent"))
     })
     .await;
+}
+
+#[tokio::test]
+async fn update_item_accepts_what_a_client_saving_every_property_sends() {
+    let sim = Sim::start().await;
+    let series = calendar_item_xml(
+        "Weekly",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        WEEKLY_MONDAYS_4,
+    );
+    let single = calendar_item_xml("Single", "2026-03-03T09:00:00Z", "2026-03-03T10:00:00Z", "");
+    let answer = ews_write(
+        &sim,
+        "CreateItem",
+        &create_op(Some("SendToNone"), &format!("{series}{single}")),
+    )
+    .await;
+    let (master, _) = created_id(&answer[0]);
+    let (single, _) = created_id(&answer[1]);
+    let second = sim.control().occurrence_ids(ROOM, &master).unwrap()[1].clone();
+    // exchangelib's save() without update_fields: every property, the unset recurrence
+    // deleted, the series' own subject and location repeated on an occurrence.
+    let everything = |id: &str, start: &str, end: &str| {
+        format!(
+            r#"<t:ItemChange><t:ItemId Id="{id}"/><t:Updates><t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>Weekly</t:Subject></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="calendar:Location"/><t:CalendarItem><t:Location>Room 1</t:Location></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="calendar:Start"/><t:CalendarItem><t:Start>{start}</t:Start></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="calendar:End"/><t:CalendarItem><t:End>{end}</t:End></t:CalendarItem></t:SetItemField><t:DeleteItemField><t:FieldURI FieldURI="calendar:Recurrence"/></t:DeleteItemField><t:DeleteItemField><t:FieldURI FieldURI="item:Body"/></t:DeleteItemField></t:Updates></t:ItemChange>"#
+        )
+    };
+    let changes = format!(
+        "{}{}{}",
+        everything(&second, "2026-03-09T11:00:00Z", "2026-03-09T12:00:00Z"),
+        everything(&single, "2026-03-03T11:00:00Z", "2026-03-03T12:00:00Z"),
+        everything(&master, "2026-03-02T09:00:00Z", "2026-03-02T10:00:00Z"),
+    );
+    let answer = ews_write(&sim, "UpdateItem", &update_op("AlwaysOverwrite", &changes)).await;
+    created_id(&answer[0]);
+    created_id(&answer[1]);
+    assert_eq!(
+        answer[2].child("ResponseCode").unwrap().text,
+        "ErrorInvalidOperation",
+        "a series cannot become a single meeting"
+    );
+    let moved = ews_get_item(&sim, &item_shape("Default", &[]), &second).await;
+    assert_eq!(text_of(&moved, "CalendarItemType"), "Exception");
+    let single = ews_get_item(&sim, &item_shape("Default", &[]), &single).await;
+    assert_eq!(text_of(&single, "Subject"), "Weekly");
+    assert_eq!(text_of(&single, "CalendarItemType"), "Single");
+    // A different subject on one occurrence is more than the simulator keeps.
+    let renamed = format!(
+        r#"<t:ItemChange><t:ItemId Id="{second}"/><t:Updates><t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>Only this one</t:Subject></t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange>"#
+    );
+    let answer = ews_write(&sim, "UpdateItem", &update_op("AlwaysOverwrite", &renamed)).await;
+    assert_eq!(
+        answer[0].child("ResponseCode").unwrap().text,
+        "ErrorInvalidOperation"
+    );
+}
+
+#[tokio::test]
+async fn move_to_deleted_items_is_a_move_and_an_unknown_operation_says_so_without_a_version_fault()
+{
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let item = calendar_item_xml(
+        "Trashed",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        "",
+    );
+    let answer = ews_write(&sim, "CreateItem", &create_op(Some("SendToNone"), &item)).await;
+    let (id, _) = created_id(&answer[0]);
+    let delete = format!(
+        r#"<m:DeleteItem DeleteType="MoveToDeletedItems" SendMeetingCancellations="SendToNone"><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:DeleteItem>"#
+    );
+    let answer = ews_write(&sim, "DeleteItem", &delete).await;
+    assert_eq!(answer[0].attr("ResponseClass"), Some("Success"));
+    rx.wait_for("an EWS MovedEvent from the calendar", |r| {
+        r.iter()
+            .any(|r| r.body.contains("MovedEvent") && r.body.contains(&id))
+    })
+    .await;
+    let (status, body) = sim
+        .ews_as(
+            &basic_service_account(),
+            Some(ROOM),
+            None,
+            "<m:FindFolder Traversal=\"Shallow\"/>",
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // ErrorInvalidRequest would read as a schema version mismatch to exchangelib.
+    assert_eq!(fault_code(&body), "a:ErrorInvalidOperation");
 }

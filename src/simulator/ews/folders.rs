@@ -4,9 +4,10 @@
 //! Exchange's shapes (with the `ServerVersionInfo` header) or the library concludes the
 //! server speaks another schema version and gives up.
 //!
-//! A simulated room mailbox has four folders: the root, the top of the information store
-//! (`msgfolderroot`), its Calendar and its Deleted Items. Other distinguished folders answer
-//! `ErrorFolderNotFound`, as a mailbox without that folder does.
+//! A simulated room mailbox has six folders: the root, the top of the information store
+//! (`msgfolderroot`) with the Calendar and Deleted Items, and the Recoverable Items root with
+//! its Deletions folder (where exchangelib's `soft_delete` expects an item to go). Other
+//! distinguished folders answer `ErrorFolderNotFound`, as a mailbox without that folder does.
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use super::{
 use crate::ews::tree::{Node, esc};
 use crate::ews::{NS_MESSAGES, Ns, Tok, XmlIn};
 use crate::simulator::Shared;
-use crate::simulator::calendar::Room;
+use crate::simulator::calendar::{Room, short_hash};
 
 /// The folders a simulated mailbox has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,8 @@ enum Folder {
     TopOfStore,
     Calendar,
     DeletedItems,
+    RecoverableItemsRoot,
+    RecoverableItemsDeletions,
 }
 
 impl Folder {
@@ -37,6 +40,8 @@ impl Folder {
             "msgfolderroot" => Some(Self::TopOfStore),
             "calendar" => Some(Self::Calendar),
             "deleteditems" => Some(Self::DeletedItems),
+            "recoverableitemsroot" => Some(Self::RecoverableItemsRoot),
+            "recoverableitemsdeletions" => Some(Self::RecoverableItemsDeletions),
             _ => None,
         }
     }
@@ -47,14 +52,18 @@ impl Folder {
             Self::TopOfStore => "msgfolderroot",
             Self::Calendar => "calendar",
             Self::DeletedItems => "deleteditems",
+            Self::RecoverableItemsRoot => "recoverableitemsroot",
+            Self::RecoverableItemsDeletions => "recoverableitemsdeletions",
         }
     }
 
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 6] = [
         Self::Root,
         Self::TopOfStore,
         Self::Calendar,
         Self::DeletedItems,
+        Self::RecoverableItemsRoot,
+        Self::RecoverableItemsDeletions,
     ];
 
     fn id(self, room: &Room) -> String {
@@ -63,14 +72,21 @@ impl Folder {
             Self::TopOfStore => room.top_of_store_folder_id(),
             Self::Calendar => room.calendar_folder_id(),
             Self::DeletedItems => room.deleted_items_folder_id(),
+            Self::RecoverableItemsRoot => {
+                format!("AAMkSIMRIR{:08x}{}", room.number, short_hash(&room.address))
+            }
+            Self::RecoverableItemsDeletions => {
+                format!("AAMkSIMRID{:08x}{}", room.number, short_hash(&room.address))
+            }
         }
     }
 
     fn parent(self) -> Option<Self> {
         match self {
             Self::Root => None,
-            Self::TopOfStore => Some(Self::Root),
+            Self::TopOfStore | Self::RecoverableItemsRoot => Some(Self::Root),
             Self::Calendar | Self::DeletedItems => Some(Self::TopOfStore),
+            Self::RecoverableItemsDeletions => Some(Self::RecoverableItemsRoot),
         }
     }
 
@@ -82,6 +98,8 @@ impl Folder {
             Self::TopOfStore => ("Folder", Some("IPF.Note"), "Top of Information Store"),
             Self::Calendar => ("CalendarFolder", Some("IPF.Appointment"), "Calendar"),
             Self::DeletedItems => ("Folder", Some("IPF.Note"), "Deleted Items"),
+            Self::RecoverableItemsRoot => ("Folder", None, "Recoverable Items"),
+            Self::RecoverableItemsDeletions => ("Folder", None, "Deletions"),
         }
     }
 
@@ -151,7 +169,11 @@ fn folder_xml(room: &Room, folder: Folder, shape: &FolderShape) -> String {
     if shape.wants("TotalCount") {
         let total = match folder {
             Folder::Calendar => room.items.len(),
-            Folder::Root | Folder::TopOfStore | Folder::DeletedItems => 0,
+            Folder::Root
+            | Folder::TopOfStore
+            | Folder::DeletedItems
+            | Folder::RecoverableItemsRoot
+            | Folder::RecoverableItemsDeletions => 0,
         };
         out.push_str(&format!("<t:TotalCount>{total}</t:TotalCount>"));
     }
@@ -179,7 +201,7 @@ fn folder_xml(room: &Room, folder: Folder, shape: &FolderShape) -> String {
 }
 
 /// `GetFolder` of distinguished folders (`root`, `msgfolderroot`, `calendar`,
-/// `deleteditems`) or of folder ids, in the impersonated room's mailbox; one response
+/// `deleteditems`, `recoverableitemsroot`, `recoverableitemsdeletions`) or of folder ids, in the impersonated room's mailbox; one response
 /// message per folder asked for.
 pub(super) fn get_folder(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
     let shape = FolderShape::of(op);

@@ -393,6 +393,9 @@ struct Changes {
     end: Option<DateTime<Utc>>,
     is_all_day: Option<bool>,
     recurrence: Option<Node>,
+    /// `DeleteItemField` of the recurrence: a no-op on a single meeting or an occurrence
+    /// (clients that save every property send it for an unset one), refused on a series.
+    drop_recurrence: bool,
 }
 
 impl Changes {
@@ -426,7 +429,8 @@ impl Changes {
                     })?);
                 }
                 ("calendar:Recurrence", Some(v), false) => changes.recurrence = Some(v.clone()),
-                ("calendar:Start" | "calendar:End" | "calendar:Recurrence", _, true) => {
+                ("calendar:Recurrence", _, true) => changes.drop_recurrence = true,
+                ("calendar:Start" | "calendar:End", _, true) => {
                     return Err(refusal(
                         "ErrorInvalidPropertyDelete",
                         format!("{uri} cannot be deleted."),
@@ -439,10 +443,15 @@ impl Changes {
         Ok(changes)
     }
 
-    fn touches_more_than_times(&self) -> bool {
-        self.subject.is_some()
-            || self.location.is_some()
-            || self.is_all_day.is_some()
+    /// Whether the changes set more than the times of an occurrence of `series`: a value
+    /// equal to the series' own is no change (clients that save every property send those).
+    fn change_more_than_times(&self, series: &Meeting) -> bool {
+        self.subject.as_ref().is_some_and(|s| *s != series.subject)
+            || self
+                .location
+                .as_ref()
+                .is_some_and(|l| *l != series.location)
+            || self.is_all_day.is_some_and(|a| a != series.is_all_day)
             || self.recurrence.is_some()
     }
 }
@@ -454,12 +463,6 @@ fn update_one(
     changes: Changes,
 ) -> Result<(String, String), Refusal> {
     let applied: Applied = if let Some(index) = target.occurrence {
-        if changes.touches_more_than_times() {
-            return Err(refusal(
-                "ErrorInvalidOperation",
-                "The simulator keeps only the times of a single occurrence; change the series to change the rest.",
-            ));
-        }
         let current = {
             let state = shared.lock();
             state
@@ -467,11 +470,17 @@ fn update_one(
                 .room(&target.room)
                 .and_then(|r| r.items.get(&target.item))
                 .and_then(|i| i.occurrence(index))
-                .map(|o| (o.start, o.end))
+                .map(|o| (o.start, o.end, o.item.meeting))
         };
-        let Some((start, end)) = current else {
+        let Some((start, end, series)) = current else {
             return Err(sim_refusal(&SimError::UnknownItem(target.item.clone())));
         };
+        if changes.change_more_than_times(&series) {
+            return Err(refusal(
+                "ErrorInvalidOperation",
+                "The simulator keeps only the times of a single occurrence; change the series to change the rest.",
+            ));
+        }
         let (start, end) = (changes.start.unwrap_or(start), changes.end.unwrap_or(end));
         if end < start {
             return Err(refusal(
@@ -512,6 +521,16 @@ fn update_one(
                 }
                 m.start = changes.start.unwrap_or(m.start);
                 m.end = changes.end.unwrap_or(m.end);
+                if changes.drop_recurrence
+                    && changes.recurrence.is_none()
+                    && item.recurrence.is_some()
+                {
+                    refused = Some(refusal(
+                        "ErrorInvalidOperation",
+                        "The simulator cannot turn a series into a single meeting; delete the series and book the meeting.",
+                    ));
+                    return Err(SimError::InvalidMeeting("recurrence dropped".to_owned()));
+                }
                 if m.end < m.start {
                     refused = Some(refusal(
                         "ErrorCalendarEndDateIsEarlierThanStartDate",
