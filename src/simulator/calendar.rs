@@ -71,6 +71,58 @@ impl Recurrence {
 /// Longest series accepted: keeps a typo from expanding into millions of occurrences.
 pub(crate) const MAX_OCCURRENCES: u32 = 999;
 
+/// How a recurrence a client sends ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeEnd {
+    /// After this many occurrences.
+    Count(u32),
+    /// On this date (the last occurrence is on it or before).
+    Date(NaiveDate),
+    /// Never.
+    Never,
+}
+
+/// A recurrence as EWS and Graph clients describe it, turned into one the simulator holds:
+/// daily, or weekly on the weekday the series starts, every time (interval 1), ending after
+/// a count or on a date. Returns it with whether it ends on a date; `Err` says what the
+/// simulator cannot hold.
+pub(crate) fn client_recurrence(
+    weekly: bool,
+    interval: u32,
+    days_of_week: &[String],
+    start: DateTime<Utc>,
+    end: RangeEnd,
+) -> Result<(Recurrence, bool), String> {
+    let held = "the simulator keeps daily and weekly series with an interval of 1 that end after a number of occurrences or on a date";
+    if interval != 1 {
+        return Err(format!("{held}, not an interval of {interval}"));
+    }
+    let first = weekday_name(start.date_naive());
+    if weekly && !(days_of_week.len() == 1 && days_of_week[0].eq_ignore_ascii_case(first)) {
+        return Err(format!(
+            "{held}; a weekly series repeats on the weekday it starts on ({first}), not on {days_of_week:?}"
+        ));
+    }
+    let (count, by_date) = match end {
+        RangeEnd::Count(n) => (n, false),
+        RangeEnd::Date(last) => {
+            let step = if weekly { 7 } else { 1 };
+            let days = (last - start.date_naive()).num_days();
+            (u32::try_from(days.div_euclid(step) + 1).unwrap_or(0), true)
+        }
+        RangeEnd::Never => return Err(format!("{held}, not one without an end")),
+    };
+    if count == 0 || count > MAX_OCCURRENCES {
+        return Err(format!("a series needs 1..={MAX_OCCURRENCES} occurrences"));
+    }
+    let recurrence = if weekly {
+        Recurrence::Weekly { count }
+    } else {
+        Recurrence::Daily { count }
+    };
+    Ok((recurrence, by_date))
+}
+
 /// An occurrence that no longer looks like its series: moved, or cancelled on its own.
 #[derive(Debug, Clone)]
 pub(crate) struct Exception {
@@ -501,6 +553,15 @@ impl Room {
         )
     }
 
+    /// `msgfolderroot`, the top of the information store: the parent of the Calendar.
+    pub(crate) fn top_of_store_folder_id(&self) -> String {
+        format!(
+            "AAMkSIMTOIS{:08x}{}",
+            self.number,
+            short_hash(&self.address)
+        )
+    }
+
     pub(crate) fn deleted_items_folder_id(&self) -> String {
         format!("AAMkSIMDEL{:08x}{}", self.number, short_hash(&self.address))
     }
@@ -720,6 +781,17 @@ impl Calendars {
             kind: ChangeKind::Created,
             item,
         })
+    }
+
+    /// Records that a series just created ends on a date (its range reads as an end date).
+    pub(crate) fn mark_ends_by_date(&mut self, room: &str, id: &str) {
+        if let Some(item) = self
+            .rooms
+            .get_mut(&Self::key(room))
+            .and_then(|r| r.items.get_mut(id))
+        {
+            item.ends_by_date = true;
+        }
     }
 
     /// Changes a whole item in place and logs an update.

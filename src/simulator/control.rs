@@ -15,6 +15,7 @@
 //! | `POST /_sim/rooms/{room}/series/{id}/end` | `{"count":N}` → `204`: the series keeps its first `N` occurrences |
 //! | `POST /_sim/faults` | a [`Fault`], e.g. `{"kind":"graphThrottle","count":2,"retryAfterSecs":5}` |
 //! | `POST /_sim/lifecycle` | `{"subscriptionId","lifecycleEvent":"missed"\|"subscriptionRemoved"\|"reauthorizationRequired"}` |
+//! | `GET /_sim/health` | `200 {"status":"ok","baseUrl","rooms"}` once the simulator serves |
 //! | `GET /_sim/rooms` | every room as a [`RoomIdentity`]: its SMTP address and its Graph object id |
 //! | `GET /_sim/requests`, `/_sim/pushes`, `/_sim/subscriptions` | the records and snapshots below |
 //!
@@ -644,8 +645,14 @@ impl Control {
 
 // ---- HTTP control API ------------------------------------------------------
 
+/// Where the control API lives, apart from every Microsoft path.
+pub const CONTROL_PREFIX: &str = "/_sim";
+/// The control API's health check.
+pub const HEALTH_PATH: &str = "/_sim/health";
+
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
+        .route(HEALTH_PATH, get(http_health))
         .route("/_sim/rooms/{room}/meetings", post(http_create))
         .route(
             "/_sim/rooms/{room}/meetings/{id}",
@@ -850,6 +857,14 @@ async fn http_lifecycle(
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => sim_error(&e),
     }
+}
+
+async fn http_health(State(shared): State<AppState>) -> Response {
+    let rooms = shared.lock().cal.rooms.len();
+    json_response(
+        StatusCode::OK,
+        &json!({ "status": "ok", "baseUrl": shared.base_url, "rooms": rooms }),
+    )
 }
 
 async fn http_rooms(State(shared): State<AppState>) -> Response {

@@ -2,6 +2,9 @@
 //! `FindItem` with a `CalendarView`, and `SyncFolderItems`, read by namespace and local
 //! name with the project's XML reader, answered in Exchange's envelope shapes; plus the
 //! `SendNotification` bodies pushed to subscribers and the reading of their replies.
+//! `GetFolder` and `ConvertId` ([`folders`]) and `CreateItem`/`UpdateItem`/`DeleteItem` of
+//! calendar items ([`items`]) serve what client libraries such as exchangelib need to open
+//! a room's calendar and book in it.
 //!
 //! Who may reach which mailbox follows Exchange Online: an app-only bearer token (issued for
 //! `https://outlook.office365.com`; a Graph token gets HTTP 401) must impersonate a mailbox
@@ -45,6 +48,9 @@ use super::oauth::TokenResource;
 use super::{AppState, BearerCheck, Shared, check_bearer, ews_datetime, push};
 use crate::ews::tree::{self as xml, Node, esc};
 use crate::ews::{EventKind, NS_MESSAGES, NS_SOAP11, NS_TYPES, Ns, SubscriptionStatus, Tok, XmlIn};
+
+mod folders;
+mod items;
 
 /// The service account EWS accepts with HTTP Basic (`EwsAuth=basic`), besides bearer tokens.
 pub const EWS_BASIC_USER: &str = "sim-ews@sim.example";
@@ -251,12 +257,19 @@ enum Auth {
     ServiceAccount,
 }
 
-/// HTTP 401 as Exchange Online sends it; `diagnostics` is its `x-ms-diagnostics` reason.
+/// HTTP 401 as Exchange sends it; `diagnostics` is its `x-ms-diagnostics` reason. Both
+/// schemes the simulator accepts are offered, each in its own `WWW-Authenticate`: clients
+/// that pick their scheme from the challenge (exchangelib without an `auth_type`) find
+/// Basic there, as they do on an Exchange server that allows it.
 fn unauthorized(diagnostics: Option<String>) -> Response {
     let mut r = StatusCode::UNAUTHORIZED.into_response();
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", trusted_issuers=\"00000001-0000-0000-c000-000000000000@*\", error=\"invalid_token\""),
+    );
+    r.headers_mut().append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"sim.example\""),
     );
     if let Some(value) = diagnostics.and_then(|d| HeaderValue::from_str(&d).ok()) {
         r.headers_mut().insert("x-ms-diagnostics", value);
@@ -302,7 +315,7 @@ async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes)
             .and_then(|b| b.children.iter().find(|c| c.ns.is_ews()))
             .map(|op| op.local.clone())
     });
-    let mut response = respond(&shared, &headers, parsed);
+    let mut response = respond(&shared, &headers, &body, parsed);
     if let Some(operation) = operation {
         response
             .extensions_mut()
@@ -315,6 +328,7 @@ async fn handle(State(shared): State<AppState>, headers: HeaderMap, body: Bytes)
 fn respond(
     shared: &AppState,
     headers: &HeaderMap,
+    body: &[u8],
     parsed: Result<Node, crate::ews::SoapError>,
 ) -> Response {
     let auth = match authenticate(shared, headers) {
@@ -425,8 +439,15 @@ fn respond(
         "GetItem" => get_item(shared, op, &who),
         "FindItem" => find_item(shared, op, &who),
         "SyncFolderItems" => sync_folder_items(shared, op, &who),
+        "GetFolder" => folders::get_folder(shared, op, &who),
+        "ConvertId" => folders::convert_id(shared, body, &who),
+        "CreateItem" => items::create_item(shared, op, body, &who),
+        "UpdateItem" => items::update_item(shared, op, body, &who),
+        "DeleteItem" => items::delete_item(shared, op, body, &who),
+        // Not ErrorInvalidRequest: clients such as exchangelib read that as a schema
+        // version mismatch, retry under every older version and hide this message.
         other => soap_fault(
-            "ErrorInvalidRequest",
+            "ErrorInvalidOperation",
             &format!("The simulator does not implement {other}."),
             "",
         ),
@@ -1283,7 +1304,7 @@ fn event_xml(room: &Room, e: &OutEvent) -> String {
     let body = match &ev.target {
         EwsTarget::Folder => format!(
             r#"<t:FolderId Id="{cal}" ChangeKey="{FOLDER_CHANGE_KEY}"/><t:ParentFolderId Id="{}" ChangeKey="{FOLDER_CHANGE_KEY}"/><t:UnreadCount>0</t:UnreadCount>"#,
-            esc(&room.root_folder_id())
+            esc(&room.top_of_store_folder_id())
         ),
         EwsTarget::Item { id, change_key } => match &ev.moved_from {
             Some(old) => format!(

@@ -1,6 +1,7 @@
 //! Microsoft Graph under `/v1.0`: change-notification subscriptions (create with the
-//! validation handshake, renew, delete, list), events by id, and `calendarView` with its
-//! delta query, each answering with Graph's JSON shapes and error bodies.
+//! validation handshake, renew, delete, list), users, events by id, `calendarView` with its
+//! delta query (also under the OData function spelling `delta()` the SDKs use), and event
+//! writes ([`writes`]), each answering with Graph's JSON shapes and error bodies.
 //!
 //! Series look as Graph shows them: calendar views and delta list occurrences and
 //! exceptions (each with its own `iCalUId`, its `seriesMasterId` and `originalStart`), never
@@ -33,6 +34,8 @@ use super::calendar::{Instance, InstanceKind, Item, Room, occurrence_id, weekday
 use super::control::{Backend, GraphSubscriptionSnapshot, PushRecord};
 use super::ids::{self, GraphIdType};
 use super::oauth::TokenResource;
+mod writes;
+
 use super::{
     AppState, BearerCheck, SimState, check_bearer, ews_datetime, graph_datetime, json_response,
     odata_time,
@@ -230,7 +233,24 @@ pub(crate) fn routes(shared: AppState) -> Router<AppState> {
             axum::routing::post(reauthorize_subscription),
         )
         .route("/v1.0/users/{room}", get(get_user))
-        .route("/v1.0/users/{room}/events/{id}", get(get_event))
+        .route(
+            "/v1.0/users/{room}/events",
+            axum::routing::post(writes::create_event),
+        )
+        .route(
+            "/v1.0/users/{room}/calendar/events",
+            axum::routing::post(writes::create_event),
+        )
+        .route(
+            "/v1.0/users/{room}/events/{id}",
+            get(get_event)
+                .patch(writes::update_event)
+                .delete(writes::delete_event),
+        )
+        .route(
+            "/v1.0/users/{room}/events/{id}/permanentDelete",
+            axum::routing::post(writes::permanent_delete_event),
+        )
         .route("/v1.0/users/{room}/calendarView", get(calendar_view))
         .route("/v1.0/users/{room}/calendarview", get(calendar_view))
         .route("/v1.0/users/{room}/calendarView/delta", get(calendar_delta))

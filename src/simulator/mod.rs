@@ -1,8 +1,11 @@
 //! An Exchange that lives on loopback: room calendars in memory, served over real HTTP in
-//! Microsoft's wire formats (the OAuth token endpoint, Microsoft Graph subscriptions, events,
-//! calendarView and delta, EWS `Subscribe`/`GetItem`/`FindItem`/`SyncFolderItems`), and
+//! Microsoft's wire formats (the OAuth token endpoint, Microsoft Graph subscriptions, users,
+//! events and their writes, calendarView and delta, EWS `GetFolder`/`ConvertId`/`Subscribe`/
+//! `GetItem`/`FindItem`/`SyncFolderItems` and `CreateItem`/`UpdateItem`/`DeleteItem`), and
 //! notifications POSTed to callbacks the way Exchange does (validation handshake, keep-alive
-//! status events, retries, lifecycle events), deterministic for a given seed.
+//! status events, retries, lifecycle events), deterministic for a given seed. Client
+//! libraries (exchangelib, the msgraph SDKs) work against it unchanged; `docs/simulator.md`
+//! says how to point them at it.
 //!
 //! It is meant to be as strict as Microsoft wherever a lax simulator would let a wrong
 //! client pass: tokens work only for the resource they were issued for, app-only EWS calls
@@ -491,6 +494,20 @@ pub fn serve_environment(base_url: &str, config: &SimulatorConfig) -> String {
     )
 }
 
+/// What `rooms-sync simulate` prints when it is up: where it listens, the settings for
+/// `rooms-sync serve`, the EWS service account, and where its control API and health
+/// check are (a script waits for the health check before it drives the simulator).
+pub fn banner(base_url: &str, config: &SimulatorConfig) -> String {
+    format!(
+        "Exchange simulator listening on {base_url}\nPoint `rooms-sync serve` at it with:\n{}(for EwsAuth=basic: EwsUsername={} EwsPassword={})\nControl API: {base_url}{} (health: {base_url}{})\n",
+        serve_environment(base_url, config),
+        ews::EWS_BASIC_USER,
+        ews::EWS_BASIC_PASSWORD,
+        control::CONTROL_PREFIX,
+        control::HEALTH_PATH,
+    )
+}
+
 /// Runs `rooms-sync simulate` until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -524,14 +541,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         ..SimulatorConfig::default()
     };
     let handle = Simulator::start(config.clone(), shutdown.clone()).await?;
-    println!("Exchange simulator listening on {}", handle.base_url());
-    println!("Point `rooms-sync serve` at it with:");
-    print!("{}", serve_environment(handle.base_url(), &config));
-    println!(
-        "(for EwsAuth=basic: EwsUsername={} EwsPassword={})",
-        ews::EWS_BASIC_USER,
-        ews::EWS_BASIC_PASSWORD
-    );
+    print!("{}", banner(handle.base_url(), &config));
     if args.busy_rooms > 0 {
         let busy: Vec<String> = config.rooms.iter().take(args.busy_rooms).cloned().collect();
         busy::spawn_busy_office(

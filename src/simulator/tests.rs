@@ -1422,6 +1422,31 @@ async fn the_simulator_refuses_to_listen_beyond_loopback() {
 }
 
 #[test]
+fn the_banner_prints_the_settings_the_service_account_and_the_control_and_health_urls() {
+    let banner = banner("http://127.0.0.1:7070", &SimulatorConfig::default());
+    for line in [
+        "Exchange simulator listening on http://127.0.0.1:7070",
+        "EwsUrl=http://127.0.0.1:7070/EWS/Exchange.asmx",
+        "(for EwsAuth=basic: EwsUsername=sim-ews@sim.example EwsPassword=sim-ews-password)",
+        "Control API: http://127.0.0.1:7070/_sim (health: http://127.0.0.1:7070/_sim/health)",
+    ] {
+        assert!(banner.lines().any(|l| l == line), "{line} in {banner}");
+    }
+}
+
+#[tokio::test]
+async fn the_health_check_answers_ok_without_a_token_and_is_not_recorded() {
+    let sim = Sim::start().await;
+    let r = sim.http.get(sim.url("/_sim/health")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["baseUrl"], sim.handle.base_url());
+    assert_eq!(body["rooms"], 3);
+    assert!(sim.control().requests().is_empty());
+}
+
+#[test]
 fn the_printed_environment_points_serve_at_every_endpoint() {
     let env = serve_environment("http://127.0.0.1:7070", &SimulatorConfig::default());
     for line in [
@@ -3538,4 +3563,772 @@ async fn request_records_carry_the_query_and_the_ews_operation() {
         .map(|r| r.operation.as_deref())
         .collect();
     assert_eq!(operations, [Some("GetItem"), Some("FindItem")]);
+}
+
+// ---- EWS as client libraries drive it: folders, version guessing, writes ----------
+
+fn folder_shape() -> &'static str {
+    r#"<m:FolderShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="folder:DisplayName"/><t:FieldURI FieldURI="folder:ParentFolderId"/><t:FieldURI FieldURI="folder:FolderClass"/><t:FieldURI FieldURI="folder:TotalCount"/></t:AdditionalProperties></m:FolderShape>"#
+}
+
+fn get_folders(ids: &[&str]) -> String {
+    let ids: String = ids
+        .iter()
+        .map(|id| {
+            format!(
+                r#"<t:DistinguishedFolderId Id="{id}"><t:Mailbox><t:EmailAddress>{ROOM}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>"#
+            )
+        })
+        .collect();
+    format!(
+        "<m:GetFolder>{}<m:FolderIds>{ids}</m:FolderIds></m:GetFolder>",
+        folder_shape()
+    )
+}
+
+fn folder_of(message: &Node) -> Node {
+    message.child("Folders").unwrap().children[0].clone()
+}
+
+fn messages(body: &Node, op: &str) -> Vec<Node> {
+    let name = format!("{op}ResponseMessage");
+    body.find("ResponseMessages")
+        .unwrap()
+        .children
+        .iter()
+        .filter(|c| c.local == name)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn get_folder_answers_root_msgfolderroot_and_calendar_under_the_server_version_header() {
+    let sim = Sim::start().await;
+    sim.control()
+        .create_meeting(ROOM, meeting("Booked", 2, 9))
+        .unwrap();
+    let (status, body) = sim
+        .ews_as(
+            &basic_service_account(),
+            Some(ROOM),
+            None,
+            &get_folders(&[
+                "root",
+                "msgfolderroot",
+                "calendar",
+                "inbox",
+                "recoverableitemsdeletions",
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.path(&["Header", "ServerVersionInfo"]).is_some());
+    let answers = messages(&body, "GetFolder");
+    assert_eq!(answers.len(), 5);
+    assert_eq!(text_of(&folder_of(&answers[4]), "DisplayName"), "Deletions");
+    let folder = |i: usize| folder_of(&answers[i]);
+    let (root, top, calendar) = (folder(0), folder(1), folder(2));
+    assert_eq!(root.local, "Folder");
+    assert!(
+        root.child("ParentFolderId").is_none(),
+        "the root has no parent"
+    );
+    assert_eq!(text_of(&top, "DisplayName"), "Top of Information Store");
+    assert_eq!(
+        top.child("ParentFolderId").unwrap().attr("Id"),
+        root.child("FolderId").unwrap().attr("Id")
+    );
+    assert_eq!(calendar.local, "CalendarFolder");
+    assert_eq!(text_of(&calendar, "FolderClass"), "IPF.Appointment");
+    assert_eq!(text_of(&calendar, "TotalCount"), "1");
+    assert_eq!(
+        calendar.child("ParentFolderId").unwrap().attr("Id"),
+        top.child("FolderId").unwrap().attr("Id")
+    );
+    assert_eq!(
+        answers[3].child("ResponseCode").unwrap().text,
+        "ErrorFolderNotFound"
+    );
+    // The calendar is found again by its id, as a client refreshing it asks.
+    let id = calendar.child("FolderId").unwrap().attr("Id").unwrap();
+    let by_id = format!(
+        r#"<m:GetFolder>{}<m:FolderIds><t:FolderId Id="{id}"/></m:FolderIds></m:GetFolder>"#,
+        folder_shape()
+    );
+    let (_, body) = sim
+        .ews_as(&basic_service_account(), Some(ROOM), None, &by_id)
+        .await;
+    assert_eq!(response_code(&body, "GetFolder"), "NoError");
+}
+
+#[tokio::test]
+async fn convert_id_answers_each_id_under_the_version_header_so_a_client_can_learn_the_version() {
+    let sim = Sim::start().await;
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("Booked", 2, 9))
+        .unwrap();
+    // exchangelib's version probe: a dummy id in a dummy mailbox, no impersonation.
+    let op = r#"<m:ConvertId DestinationFormat="EntryId"><m:SourceIds><t:AlternateId Id="DUMMY" Format="EwsId" Mailbox="DUMMY"/></m:SourceIds></m:ConvertId>"#;
+    let (status, body) = sim.ews_as(&basic_service_account(), None, None, op).await;
+    assert_eq!(status, StatusCode::OK);
+    let version = body.path(&["Header", "ServerVersionInfo"]).unwrap();
+    assert_eq!(version.attr("Version"), Some("V2018_01_08"));
+    assert_eq!(response_code(&body, "ConvertId"), "ErrorInvalidIdMalformed");
+    let op = format!(
+        r#"<m:ConvertId DestinationFormat="EwsId"><m:SourceIds><t:AlternateId Id="{id}" Format="EwsId" Mailbox="{ROOM}"/></m:SourceIds></m:ConvertId>"#
+    );
+    let (_, body) = sim.ews_as(&basic_service_account(), None, None, &op).await;
+    assert_eq!(response_code(&body, "ConvertId"), "NoError");
+}
+
+#[tokio::test]
+async fn a_refused_ews_call_offers_basic_as_well_as_bearer() {
+    let sim = Sim::start().await;
+    let r = sim
+        .http
+        .post(sim.url("/EWS/Exchange.asmx"))
+        .body(GET_ITEM_X)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let schemes: Vec<String> = r
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(schemes, ["Bearer", "Basic"]);
+}
+
+fn create_op(send: Option<&str>, items: &str) -> String {
+    let send = send.map_or_else(String::new, |s| format!(r#" SendMeetingInvitations="{s}""#));
+    format!(
+        r#"<m:CreateItem MessageDisposition="SaveOnly"{send}><m:SavedItemFolderId><t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>{ROOM}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:SavedItemFolderId><m:Items>{items}</m:Items></m:CreateItem>"#
+    )
+}
+
+fn calendar_item_xml(subject: &str, start: &str, end: &str, extra: &str) -> String {
+    format!(
+        "<t:CalendarItem><t:Subject>{subject}</t:Subject><t:ReminderIsSet>0</t:ReminderIsSet><t:Start>{start}</t:Start><t:End>{end}</t:End><t:IsAllDayEvent>0</t:IsAllDayEvent><t:Location>Room 1</t:Location>{extra}</t:CalendarItem>"
+    )
+}
+
+/// Sends an EWS write as the service account impersonating the room; returns the
+/// response messages of `op`.
+async fn ews_write(sim: &Sim, op: &str, xml: &str) -> Vec<Node> {
+    let (status, body) = sim
+        .ews_as(&basic_service_account(), Some(ROOM), None, xml)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    messages(&body, op)
+}
+
+fn created_id(message: &Node) -> (String, String) {
+    assert_eq!(
+        message.attr("ResponseClass"),
+        Some("Success"),
+        "{message:?}"
+    );
+    let id = message.find("ItemId").unwrap();
+    (
+        id.attr("Id").unwrap().to_owned(),
+        id.attr("ChangeKey").unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_ews_booking_pushes_to_graph_and_ews_exactly_like_a_control_api_booking() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (status, _) = sim.create_subscription(&subscription_body(&rx, 60)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    rx.wait_for("the first status event", |r| {
+        r.iter().any(|r| r.path == "/ews")
+    })
+    .await;
+    let item = calendar_item_xml(
+        "Booked over EWS",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        "",
+    );
+    let answer = ews_write(&sim, "CreateItem", &create_op(Some("SendToNone"), &item)).await;
+    let (id, _) = created_id(&answer[0]);
+    let got = rx
+        .wait_for("a Graph created and an EWS CreatedEvent", |r| {
+            r.iter()
+                .any(|r| r.path == "/graph" && r.body.contains("\"created\""))
+                && r.iter()
+                    .any(|r| r.path == "/ews" && r.body.contains("CreatedEvent"))
+        })
+        .await;
+    let graph = got
+        .iter()
+        .find(|r| r.path == "/graph" && r.body.contains("\"created\""))
+        .unwrap();
+    assert!(graph.body.contains(&sim.control().graph_id(&id, false)));
+    let ews = got
+        .iter()
+        .find(|r| r.path == "/ews" && r.body.contains("CreatedEvent"))
+        .unwrap();
+    assert!(ews.body.contains(&id));
+    // The change log has it: a first SyncFolderItems reports the creation, a calendar view
+    // lists it, and the room organizes it.
+    let sync = r#"<m:SyncFolderItems><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:SyncFolderId><t:DistinguishedFolderId Id="calendar"/></m:SyncFolderId><m:MaxChangesReturned>10</m:MaxChangesReturned></m:SyncFolderItems>"#;
+    let (_, body) = sim.ews(ROOM, sync).await;
+    let create = body.find("Create").unwrap();
+    assert_eq!(
+        text_of(create.find("CalendarItem").unwrap(), "Subject"),
+        "Booked over EWS"
+    );
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0]["organizer"]["emailAddress"]["address"], ROOM);
+}
+
+#[tokio::test]
+async fn create_item_without_send_meeting_invitations_is_refused_and_books_nothing() {
+    let sim = Sim::start().await;
+    let item = calendar_item_xml(
+        "No attribute",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        "",
+    );
+    let answer = ews_write(&sim, "CreateItem", &create_op(None, &item)).await;
+    assert_eq!(
+        answer[0].child("ResponseCode").unwrap().text,
+        "ErrorSendMeetingInvitationsRequired"
+    );
+    let backwards = calendar_item_xml(
+        "Backwards",
+        "2026-03-02T10:00:00Z",
+        "2026-03-02T09:00:00Z",
+        "",
+    );
+    let answer = ews_write(
+        &sim,
+        "CreateItem",
+        &create_op(Some("SendToNone"), &backwards),
+    )
+    .await;
+    assert_eq!(
+        answer[0].child("ResponseCode").unwrap().text,
+        "ErrorCalendarEndDateIsEarlierThanStartDate"
+    );
+    assert!(graph_view(&sim).await.is_empty());
+}
+
+const WEEKLY_MONDAYS_4: &str = "<t:Recurrence><t:WeeklyRecurrence><t:Interval>1</t:Interval><t:DaysOfWeek>Monday</t:DaysOfWeek></t:WeeklyRecurrence><t:NumberedRecurrence><t:StartDate>2026-03-02Z</t:StartDate><t:NumberOfOccurrences>4</t:NumberOfOccurrences></t:NumberedRecurrence></t:Recurrence>";
+
+#[tokio::test]
+async fn a_series_booked_over_ews_expands_into_its_occurrences_in_both_views() {
+    let sim = Sim::start().await;
+    // 2026-03-02 is a Monday.
+    let item = calendar_item_xml(
+        "Weekly",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        WEEKLY_MONDAYS_4,
+    );
+    let answer = ews_write(&sim, "CreateItem", &create_op(Some("SendToNone"), &item)).await;
+    let (master, _) = created_id(&answer[0]);
+    let occurrences = sim.control().occurrence_ids(ROOM, &master).unwrap();
+    assert_eq!(occurrences.len(), 4);
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 4);
+    assert!(view.iter().all(|e| e["type"] == "occurrence"));
+    let master_xml = ews_get_item(&sim, &item_shape("AllProperties", &[]), &master).await;
+    assert_eq!(text_of(&master_xml, "CalendarItemType"), "RecurringMaster");
+}
+
+fn update_op(conflict: &str, change: &str) -> String {
+    format!(
+        r#"<m:UpdateItem MessageDisposition="SaveOnly" ConflictResolution="{conflict}" SendMeetingInvitationsOrCancellations="SendToNone"><m:ItemChanges>{change}</m:ItemChanges></m:UpdateItem>"#
+    )
+}
+
+fn set_times(start: &str, end: &str) -> String {
+    format!(
+        r#"<t:Updates><t:SetItemField><t:FieldURI FieldURI="calendar:Start"/><t:CalendarItem><t:Start>{start}</t:Start></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="calendar:End"/><t:CalendarItem><t:End>{end}</t:End></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="item:Sensitivity"/><t:CalendarItem><t:Sensitivity>Normal</t:Sensitivity></t:CalendarItem></t:SetItemField></t:Updates>"#
+    )
+}
+
+#[tokio::test]
+async fn update_item_moves_a_meeting_and_refuses_a_stale_change_key_unless_told_to_overwrite() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (status, _) = sim.create_subscription(&subscription_body(&rx, 60)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let item = calendar_item_xml("Moving", "2026-03-02T09:00:00Z", "2026-03-02T10:00:00Z", "");
+    let answer = ews_write(&sim, "CreateItem", &create_op(Some("SendToNone"), &item)).await;
+    let (id, first_key) = created_id(&answer[0]);
+    let change = |key: &str, start: &str, end: &str| {
+        format!(
+            r#"<t:ItemChange><t:ItemId Id="{id}" ChangeKey="{key}"/>{}</t:ItemChange>"#,
+            set_times(start, end)
+        )
+    };
+    let answer = ews_write(
+        &sim,
+        "UpdateItem",
+        &update_op(
+            "AutoResolve",
+            &change(&first_key, "2026-03-02T11:00:00Z", "2026-03-02T12:00:00Z"),
+        ),
+    )
+    .await;
+    let (_, second_key) = created_id(&answer[0]);
+    assert_ne!(first_key, second_key);
+    let view = graph_view(&sim).await;
+    assert_eq!(view[0]["start"]["dateTime"], "2026-03-02T11:00:00.0000000");
+    rx.wait_for("a Graph updated", |r| {
+        r.iter()
+            .any(|r| r.path == "/graph" && r.body.contains("\"updated\""))
+    })
+    .await;
+    // The first change key is stale now.
+    let stale = change(&first_key, "2026-03-02T13:00:00Z", "2026-03-02T14:00:00Z");
+    let answer = ews_write(&sim, "UpdateItem", &update_op("AutoResolve", &stale)).await;
+    assert_eq!(
+        answer[0].child("ResponseCode").unwrap().text,
+        "ErrorIrresolvableConflict"
+    );
+    let answer = ews_write(&sim, "UpdateItem", &update_op("AlwaysOverwrite", &stale)).await;
+    created_id(&answer[0]);
+    let view = graph_view(&sim).await;
+    assert_eq!(view[0]["start"]["dateTime"], "2026-03-02T13:00:00.0000000");
+}
+
+#[tokio::test]
+async fn update_item_on_an_occurrence_turns_it_into_an_exception_of_its_series() {
+    let sim = Sim::start().await;
+    let item = calendar_item_xml(
+        "Weekly",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        WEEKLY_MONDAYS_4,
+    );
+    let answer = ews_write(&sim, "CreateItem", &create_op(Some("SendToNone"), &item)).await;
+    let (master, _) = created_id(&answer[0]);
+    // The second occurrence, named as clients name one without its id.
+    let change = format!(
+        r#"<t:ItemChange><t:OccurrenceItemId RecurringMasterId="{master}" InstanceIndex="2"/>{}</t:ItemChange>"#,
+        set_times("2026-03-10T15:00:00Z", "2026-03-10T16:00:00Z")
+    );
+    let answer = ews_write(&sim, "UpdateItem", &update_op("AlwaysOverwrite", &change)).await;
+    let (id, _) = created_id(&answer[0]);
+    assert_eq!(id, sim.control().occurrence_ids(ROOM, &master).unwrap()[1]);
+    let exception = ews_get_item(&sim, &item_shape("Default", &[]), &id).await;
+    assert_eq!(text_of(&exception, "CalendarItemType"), "Exception");
+    assert_eq!(text_of(&exception, "Start"), "2026-03-10T15:00:00Z");
+}
+
+#[tokio::test]
+async fn delete_item_removes_a_meeting_and_deletes_an_occurrence_from_its_series() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let single = calendar_item_xml("Single", "2026-03-03T09:00:00Z", "2026-03-03T10:00:00Z", "");
+    let series = calendar_item_xml(
+        "Weekly",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        WEEKLY_MONDAYS_4,
+    );
+    let answer = ews_write(
+        &sim,
+        "CreateItem",
+        &create_op(Some("SendToNone"), &format!("{single}{series}")),
+    )
+    .await;
+    let (single, _) = created_id(&answer[0]);
+    let (master, _) = created_id(&answer[1]);
+    let third = sim.control().occurrence_ids(ROOM, &master).unwrap()[2].clone();
+    let delete = |send: &str| {
+        format!(
+            r#"<m:DeleteItem DeleteType="HardDelete"{send}><m:ItemIds><t:ItemId Id="{single}"/><t:ItemId Id="{third}"/></m:ItemIds></m:DeleteItem>"#
+        )
+    };
+    let refused = ews_write(&sim, "DeleteItem", &delete("")).await;
+    assert_eq!(
+        refused[0].child("ResponseCode").unwrap().text,
+        "ErrorSendMeetingCancellationsRequired"
+    );
+    let answer = ews_write(
+        &sim,
+        "DeleteItem",
+        &delete(r#" SendMeetingCancellations="SendToNone""#),
+    )
+    .await;
+    assert!(
+        answer
+            .iter()
+            .all(|m| m.attr("ResponseClass") == Some("Success")),
+        "{answer:?}"
+    );
+    assert_eq!(
+        sim.control().occurrence_ids(ROOM, &master).unwrap().len(),
+        3
+    );
+    let view = graph_view(&sim).await;
+    assert_eq!(
+        view.len(),
+        3,
+        "the single meeting and one occurrence are gone"
+    );
+    rx.wait_for("an EWS DeletedEvent for the single meeting", |r| {
+        r.iter()
+            .any(|r| r.body.contains("DeletedEvent") && r.body.contains(&single))
+    })
+    .await;
+    let again = ews_write(
+        &sim,
+        "DeleteItem",
+        &delete(r#" SendMeetingCancellations="SendToNone""#),
+    )
+    .await;
+    assert_eq!(
+        again[0].child("ResponseCode").unwrap().text,
+        "ErrorItemNotFound"
+    );
+    assert_eq!(
+        again[1].child("ResponseCode").unwrap().text,
+        "ErrorCalendarOccurrenceIsDeletedFromRecurrence"
+    );
+}
+
+// ---- Graph event writes ------------------------------------------------------------
+
+async fn graph_send(
+    sim: &Sim,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let token = sim.token().await;
+    let mut req = sim.http.request(method, sim.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn graph_event_body(subject: &str, start: &str, end: &str) -> Value {
+    json!({
+        "subject": subject,
+        "start": { "dateTime": start, "timeZone": "UTC" },
+        "end": { "dateTime": end, "timeZone": "UTC" },
+        "location": { "displayName": "Room 1" },
+        "attendees": [],
+    })
+}
+
+#[tokio::test]
+async fn graph_event_writes_push_and_show_in_delta_exactly_like_control_api_changes() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let (status, _) = sim.create_subscription(&subscription_body(&rx, 60)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let events = format!("/v1.0/users/{ROOM}/events");
+    let (status, created) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        &events,
+        Some(&graph_event_body(
+            "Booked over Graph",
+            "2026-03-02T09:00:00",
+            "2026-03-02T10:00:00",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["organizer"]["emailAddress"]["address"], ROOM);
+    assert_eq!(created["type"], "singleInstance");
+    let id = created["id"].as_str().unwrap().to_owned();
+    rx.wait_for(
+        "a Graph created with its clientState and an EWS CreatedEvent",
+        |r| {
+            r.iter().any(|r| {
+                r.path == "/graph"
+                    && r.body.contains("\"created\"")
+                    && r.body.contains("secret-client-state")
+                    && r.body.contains(&id)
+            }) && r
+                .iter()
+                .any(|r| r.path == "/ews" && r.body.contains("CreatedEvent"))
+        },
+    )
+    .await;
+    let (_, first) = sim.graph_get(&delta_start(&sim), None).await;
+    let link = first["@odata.deltaLink"].as_str().unwrap().to_owned();
+    let (status, patched) = graph_send(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{events}/{id}"),
+        Some(&json!({
+            "subject": "Moved over Graph",
+            "start": { "dateTime": "2026-03-02T11:00:00", "timeZone": "UTC" },
+            "end": { "dateTime": "2026-03-02T12:00:00", "timeZone": "UTC" },
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["subject"], "Moved over Graph");
+    assert_ne!(patched["changeKey"], created["changeKey"]);
+    let (_, second) = sim.graph_get(&link, None).await;
+    let changed = second["value"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{second}");
+    assert_eq!(
+        changed[0]["start"]["dateTime"],
+        "2026-03-02T11:00:00.0000000"
+    );
+    rx.wait_for("a Graph updated", |r| {
+        r.iter()
+            .any(|r| r.path == "/graph" && r.body.contains("\"updated\""))
+    })
+    .await;
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("{events}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Graph's DELETE moves the event to Deleted Items: EWS sees a move.
+    rx.wait_for("a Graph deleted and an EWS MovedEvent", |r| {
+        r.iter()
+            .any(|r| r.path == "/graph" && r.body.contains("\"deleted\""))
+            && r.iter()
+                .any(|r| r.path == "/ews" && r.body.contains("MovedEvent"))
+    })
+    .await;
+    let (status, _) = graph_event(&sim, &id).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_series_posted_to_graph_expands_and_its_occurrences_can_be_moved_and_deleted() {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let mut body = graph_event_body("Weekly", "2026-03-02T09:00:00", "2026-03-02T10:00:00");
+    body["recurrence"] = json!({
+        "pattern": { "type": "weekly", "interval": 1, "daysOfWeek": ["monday"], "firstDayOfWeek": "sunday" },
+        "range": { "type": "endDate", "startDate": "2026-03-02", "endDate": "2026-03-23" },
+    });
+    let events = format!("/v1.0/users/{ROOM}/events");
+    let (status, master) = graph_send(&sim, reqwest::Method::POST, &events, Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{master}");
+    assert_eq!(master["type"], "seriesMaster");
+    assert_eq!(master["recurrence"]["range"]["type"], "endDate");
+    let view = graph_view(&sim).await;
+    assert_eq!(view.len(), 4);
+    let second = view[1]["id"].as_str().unwrap().to_owned();
+    let third = view[2]["id"].as_str().unwrap().to_owned();
+    let (status, moved) = graph_send(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{events}/{second}"),
+        Some(&json!({
+            "start": { "dateTime": "2026-03-10T15:00:00", "timeZone": "UTC" },
+            "end": { "dateTime": "2026-03-10T16:00:00", "timeZone": "UTC" },
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["type"], "exception");
+    assert_eq!(moved["id"], second);
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{events}/{second}"),
+        Some(&json!({ "subject": "Only this one" })),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the simulator keeps only times"
+    );
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("{events}/{third}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(graph_view(&sim).await.len(), 3);
+    // Each change of the series is a modification of its master in EWS.
+    let master_id = master["id"].as_str().unwrap().to_owned();
+    rx.wait_for("EWS ModifiedEvents of the master", |r| {
+        r.iter()
+            .filter(|r| r.body.contains("ModifiedEvent") && r.body.contains(&master_id))
+            .count()
+            >= 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn graph_event_writes_refuse_unreadable_zones_and_unknown_events_and_permanent_delete_removes()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let events = format!("/v1.0/users/{ROOM}/events");
+    let mut body = graph_event_body("Zoned", "2026-03-02T09:00:00", "2026-03-02T10:00:00");
+    body["start"]["timeZone"] = json!("Pacific Standard Time");
+    let (status, refused) = graph_send(&sim, reqwest::Method::POST, &events, Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"]["code"], "TimeZoneNotSupportedException");
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{events}/AAMkAGSIMunknown"),
+        Some(&json!({ "subject": "x" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        "/v1.0/users/nobody@sim.example/events",
+        Some(&graph_event_body(
+            "x",
+            "2026-03-02T09:00:00",
+            "2026-03-02T10:00:00",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Booked in the room's default calendar, then removed for good.
+    let (status, created) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        &format!("/v1.0/users/{ROOM}/calendar/events"),
+        Some(&graph_event_body(
+            "Gone",
+            "2026-03-02T09:00:00",
+            "2026-03-02T10:00:00",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        &format!("{events}/{id}/permanentDelete"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    rx.wait_for("an EWS DeletedEvent", |r| {
+        r.iter().any(|r| r.body.contains("DeletedEvent"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn update_item_accepts_what_a_client_saving_every_property_sends() {
+    let sim = Sim::start().await;
+    let series = calendar_item_xml(
+        "Weekly",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        WEEKLY_MONDAYS_4,
+    );
+    let single = calendar_item_xml("Single", "2026-03-03T09:00:00Z", "2026-03-03T10:00:00Z", "");
+    let answer = ews_write(
+        &sim,
+        "CreateItem",
+        &create_op(Some("SendToNone"), &format!("{series}{single}")),
+    )
+    .await;
+    let (master, _) = created_id(&answer[0]);
+    let (single, _) = created_id(&answer[1]);
+    let second = sim.control().occurrence_ids(ROOM, &master).unwrap()[1].clone();
+    // exchangelib's save() without update_fields: every property, the unset recurrence
+    // deleted, the series' own subject and location repeated on an occurrence.
+    let everything = |id: &str, start: &str, end: &str| {
+        format!(
+            r#"<t:ItemChange><t:ItemId Id="{id}"/><t:Updates><t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>Weekly</t:Subject></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="calendar:Location"/><t:CalendarItem><t:Location>Room 1</t:Location></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="calendar:Start"/><t:CalendarItem><t:Start>{start}</t:Start></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="calendar:End"/><t:CalendarItem><t:End>{end}</t:End></t:CalendarItem></t:SetItemField><t:DeleteItemField><t:FieldURI FieldURI="calendar:Recurrence"/></t:DeleteItemField><t:DeleteItemField><t:FieldURI FieldURI="item:Body"/></t:DeleteItemField></t:Updates></t:ItemChange>"#
+        )
+    };
+    let changes = format!(
+        "{}{}{}",
+        everything(&second, "2026-03-09T11:00:00Z", "2026-03-09T12:00:00Z"),
+        everything(&single, "2026-03-03T11:00:00Z", "2026-03-03T12:00:00Z"),
+        everything(&master, "2026-03-02T09:00:00Z", "2026-03-02T10:00:00Z"),
+    );
+    let answer = ews_write(&sim, "UpdateItem", &update_op("AlwaysOverwrite", &changes)).await;
+    created_id(&answer[0]);
+    created_id(&answer[1]);
+    assert_eq!(
+        answer[2].child("ResponseCode").unwrap().text,
+        "ErrorInvalidOperation",
+        "a series cannot become a single meeting"
+    );
+    let moved = ews_get_item(&sim, &item_shape("Default", &[]), &second).await;
+    assert_eq!(text_of(&moved, "CalendarItemType"), "Exception");
+    let single = ews_get_item(&sim, &item_shape("Default", &[]), &single).await;
+    assert_eq!(text_of(&single, "Subject"), "Weekly");
+    assert_eq!(text_of(&single, "CalendarItemType"), "Single");
+    // A different subject on one occurrence is more than the simulator keeps.
+    let renamed = format!(
+        r#"<t:ItemChange><t:ItemId Id="{second}"/><t:Updates><t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>Only this one</t:Subject></t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange>"#
+    );
+    let answer = ews_write(&sim, "UpdateItem", &update_op("AlwaysOverwrite", &renamed)).await;
+    assert_eq!(
+        answer[0].child("ResponseCode").unwrap().text,
+        "ErrorInvalidOperation"
+    );
+}
+
+#[tokio::test]
+async fn move_to_deleted_items_is_a_move_and_an_unknown_operation_says_so_without_a_version_fault()
+{
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    sim.ews_subscribe(&rx.url("/ews"), 30, None).await;
+    let item = calendar_item_xml(
+        "Trashed",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02T10:00:00Z",
+        "",
+    );
+    let answer = ews_write(&sim, "CreateItem", &create_op(Some("SendToNone"), &item)).await;
+    let (id, _) = created_id(&answer[0]);
+    let delete = format!(
+        r#"<m:DeleteItem DeleteType="MoveToDeletedItems" SendMeetingCancellations="SendToNone"><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:DeleteItem>"#
+    );
+    let answer = ews_write(&sim, "DeleteItem", &delete).await;
+    assert_eq!(answer[0].attr("ResponseClass"), Some("Success"));
+    rx.wait_for("an EWS MovedEvent from the calendar", |r| {
+        r.iter()
+            .any(|r| r.body.contains("MovedEvent") && r.body.contains(&id))
+    })
+    .await;
+    let (status, body) = sim
+        .ews_as(
+            &basic_service_account(),
+            Some(ROOM),
+            None,
+            "<m:FindFolder Traversal=\"Shallow\"/>",
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // ErrorInvalidRequest would read as a schema version mismatch to exchangelib.
+    assert_eq!(fault_code(&body), "a:ErrorInvalidOperation");
 }
