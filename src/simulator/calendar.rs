@@ -767,12 +767,10 @@ impl Calendars {
             ends_by_date: false,
         };
         self.room_mut(room)?.items.insert(id, item.clone());
-        // Exchange reports a new booking as a creation followed by a modification
-        // (the resource booking assistant touches it), each with the folder's own event.
+        // The folder reports its own change with every item event. The modifications that
+        // follow a booking are the calendar attendant's ([`Self::attendant_touch`]).
         let ews = [
             (EventKind::Created, Self::item_target(&item)),
-            (EventKind::Modified, EwsTarget::Folder),
-            (EventKind::Modified, Self::item_target(&item)),
             (EventKind::Modified, EwsTarget::Folder),
         ];
         self.log(room, &item, Touched::Item, &ews);
@@ -806,6 +804,13 @@ impl Calendars {
             item.sequence += 1;
             Ok(Touched::Item)
         })
+    }
+
+    /// The calendar attendant processing a booking: it updates the item without any change
+    /// the organizer made (no new `AppointmentSequenceNumber`), so the item gets a new
+    /// version, change key and etag, and every view reports an update.
+    pub(crate) fn attendant_touch(&mut self, room: &str, id: &str) -> Result<Applied, SimError> {
+        self.update_touching(room, id, |_| Ok(Touched::Item))
     }
 
     /// Changes an item in place and logs an update of what `change` says it touched. A

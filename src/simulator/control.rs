@@ -104,20 +104,26 @@ pub struct RoomIdentity {
     pub object_id: String,
 }
 
-/// One delivery attempt of a notification.
+/// One POST to a callback: a delivery attempt of a notification, or of a Graph batch of them.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PushRecord {
     pub backend: Backend,
     pub url: String,
+    /// The subscription the POST was for; a Graph batch that carried notifications of
+    /// several subscriptions (which share the URL) names each once, comma-separated.
     pub subscription_id: String,
-    /// What was pushed: `created`/`updated`/`deleted`/a lifecycle event for Graph,
-    /// `notification`/`status`/`error` (the `ErrorReadEventsFailed` farewell) for EWS,
-    /// `validation` for a Graph handshake; a redelivery injected by
+    /// What was pushed: `created`/`updated`/`deleted`/a lifecycle event for Graph (each
+    /// kind in a batch once, comma-separated in order of first appearance, e.g.
+    /// `created,updated`), `notification`/`status`/`error` (the `ErrorReadEventsFailed`
+    /// farewell) for EWS, `validation` for a Graph handshake; a redelivery injected by
     /// [`Fault::DuplicatePushes`] has ` (duplicate)` appended.
     pub kind: String,
-    /// 1 for the first delivery, 2 for the first retry...
+    /// 1 for the first delivery, 2 for the first retry...; for a Graph batch, the highest
+    /// try among its notifications (a retried one travels with fresh ones).
     pub attempt: u32,
+    /// How many Graph notifications the POST's `value[]` carried; 1 for EWS and handshakes.
+    pub notifications: usize,
     /// The HTTP status, `None` when no reply came (refused, timed out, dropped by a fault).
     pub status: Option<u16>,
     pub at: DateTime<Utc>,
@@ -285,19 +291,29 @@ impl Control {
         push::on_change(&self.shared, &applied);
     }
 
-    /// Books a meeting; returns its item id.
+    /// A booking made by someone else (a meeting request the room received): notified as
+    /// created, then updated twice a moment later as the calendar attendant processes it.
+    fn booked(&self, applied: Applied) -> String {
+        let id = applied.item.id.clone();
+        let room = applied.room.clone();
+        self.applied(applied);
+        push::spawn_attendant(&self.shared, room, id.clone());
+        id
+    }
+
+    /// Books a meeting; returns its item id. The room's calendar attendant then updates it
+    /// twice (a new change key and etag each time), as Exchange does with a request.
     ///
     /// # Errors
     ///
     /// [`SimError::InvalidMeeting`] when it ends before it starts.
     pub fn create_meeting(&self, room: &str, meeting: Meeting) -> Result<String, SimError> {
         let applied = self.shared.lock().cal.create(room, meeting, None)?;
-        let id = applied.item.id.clone();
-        self.applied(applied);
-        Ok(id)
+        Ok(self.booked(applied))
     }
 
-    /// Books a recurring series; returns the series master's id.
+    /// Books a recurring series; returns the series master's id. The calendar attendant
+    /// updates it twice, as [`create_meeting`](Self::create_meeting) says.
     ///
     /// # Errors
     ///
@@ -313,9 +329,7 @@ impl Control {
             .lock()
             .cal
             .create(room, meeting, Some(recurrence))?;
-        let id = applied.item.id.clone();
-        self.applied(applied);
-        Ok(id)
+        Ok(self.booked(applied))
     }
 
     /// Moves a meeting (a series master moves every occurrence; exceptions keep their own
@@ -570,6 +584,15 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the calendar attendant has finished with every booking made so far
+    /// (its two updates of each are made and notified), for a test that wants the
+    /// calendar to hold still.
+    pub async fn until_attended(&self) {
+        while self.shared.lock().attending > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Requests answered so far (oldest first; control API calls excluded).

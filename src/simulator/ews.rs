@@ -139,18 +139,23 @@ pub(crate) fn parse_watermark(text: &str) -> Option<Watermark> {
     })
 }
 
-fn sync_state(room: u32, seq: u64) -> String {
-    format!("H4sIAAAAAAAEAO0SIM{room:08x}{seq:016x}")
+/// A `SyncFolderItems` state: the room, the change-log position reported up to, and the
+/// position the client had seen everything up to when its paging began (the same once a
+/// round is complete). An item created after `base` is new to the client, even when it
+/// shows up on a later page because it changed again meanwhile.
+fn sync_state(room: u32, seq: u64, base: u64) -> String {
+    format!("H4sIAAAAAAAEAO0SIM{room:08x}{seq:016x}{base:016x}")
 }
 
-fn parse_sync_state(text: &str) -> Option<(u32, u64)> {
+fn parse_sync_state(text: &str) -> Option<(u32, u64, u64)> {
     let hex = text.strip_prefix("H4sIAAAAAAAEAO0SIM")?;
-    if hex.len() != 24 {
+    if hex.len() != 40 {
         return None;
     }
     let room = u32::from_str_radix(hex.get(..8)?, 16).ok()?;
-    let seq = u64::from_str_radix(hex.get(8..)?, 16).ok()?;
-    Some((room, seq))
+    let seq = u64::from_str_radix(hex.get(8..24)?, 16).ok()?;
+    let base = u64::from_str_radix(hex.get(24..)?, 16).ok()?;
+    Some((room, seq, base))
 }
 
 pub(crate) fn routes(_shared: AppState) -> Router<AppState> {
@@ -1215,14 +1220,18 @@ fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response 
             &format!("The SMTP address has no mailbox associated with it: {room}"),
         );
     };
-    let since = match op
+    let (since, base) = match op
         .child("SyncState")
         .map(|n| n.text.as_str())
         .filter(|s| !s.is_empty())
     {
-        None => 0,
+        None => (0, 0),
         Some(s) => match parse_sync_state(s) {
-            Some((number, seq)) if number == r.number && seq <= state.cal.seq => seq,
+            Some((number, seq, base))
+                if number == r.number && base <= seq && seq <= state.cal.seq =>
+            {
+                (seq, base)
+            }
             _ => {
                 drop(state);
                 return fail(
@@ -1241,7 +1250,7 @@ fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response 
     for changed in r.changed_since(since) {
         let (id, seq) = (changed.item_id, changed.seq);
         let entry = if let Some(item) = r.items.get(&id) {
-            let verb = if item.created_seq > since {
+            let verb = if item.created_seq > base {
                 "Create"
             } else {
                 "Update"
@@ -1251,8 +1260,8 @@ fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response 
                 calendar_item(r, &item.as_instance(), &shape, Reader::SyncFolderItems)
             )
         } else if let Some(item) = r.deleted.get(&id) {
-            if item.created_seq > since {
-                // Created and deleted since the last sync: nothing to tell.
+            if item.created_seq > base {
+                // Created and deleted since the client last saw the folder: nothing to tell.
                 continue;
             }
             format!(
@@ -1271,10 +1280,13 @@ fn sync_folder_items(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response 
         taken += 1;
         next_seq = seq;
     }
-    if includes_last {
+    let next_base = if includes_last {
         next_seq = state.cal.seq;
-    }
-    let new_state = sync_state(r.number, next_seq);
+        next_seq
+    } else {
+        base
+    };
+    let new_state = sync_state(r.number, next_seq, next_base);
     drop(state);
     operation_response(
         "SyncFolderItems",
@@ -1440,7 +1452,7 @@ mod tests {
         );
         assert_eq!(parse_watermark("AQAAAHJvb20tYS13bS0wMDAy"), None);
         assert_eq!(parse_watermark(""), None);
-        assert_eq!(parse_sync_state(&sync_state(2, 9)), Some((2, 9)));
+        assert_eq!(parse_sync_state(&sync_state(2, 9, 4)), Some((2, 9, 4)));
         assert_eq!(parse_sync_state("garbage"), None);
     }
 

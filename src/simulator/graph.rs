@@ -496,6 +496,7 @@ pub(crate) async fn validate_endpoint(shared: &AppState, url: &str) -> Result<()
         subscription_id: String::new(),
         kind: "validation".to_owned(),
         attempt: 1,
+        notifications: 1,
         status,
         at: Utc::now(),
         body: String::new(),

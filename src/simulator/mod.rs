@@ -217,6 +217,10 @@ pub(crate) struct SimState {
     pub(crate) ews_subs: BTreeMap<String, ews::EwsSub>,
     /// Graph delta links and parked pages.
     pub(crate) delta: graph::DeltaStore,
+    /// Bookings the calendar attendant has not finished with.
+    pub(crate) attending: usize,
+    /// Graph notifications waiting for delivery, by callback URL.
+    pub(crate) graph_outboxes: push::outbox::Outboxes,
     pub(crate) faults: control::Faults,
     /// Part of every EWS watermark; bumping it makes every watermark issued so far unknown.
     pub(crate) ews_watermark_epoch: u32,
@@ -242,6 +246,8 @@ impl Shared {
             graph_subs: BTreeMap::new(),
             ews_subs: BTreeMap::new(),
             delta: graph::DeltaStore::default(),
+            attending: 0,
+            graph_outboxes: push::outbox::Outboxes::default(),
             faults: control::Faults::default(),
             ews_watermark_epoch: 0,
             requests: VecDeque::new(),

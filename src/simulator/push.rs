@@ -1,18 +1,19 @@
-//! Outbound notifications: Graph change notifications POSTed as JSON with bounded,
-//! backed-off retries (lifecycle notifications only to a subscription's
-//! `lifecycleNotificationUrl`, never to its `notificationUrl`), and one task per EWS push
-//! subscription that sends a `StatusEvent` at once on subscribing (as Exchange does, often
-//! before the client has read the Subscribe response), then `SendNotification` batches and
-//! `StatusEvent` keep-alives, retries a failed delivery at 30 s doubling until the interval
-//! exceeds the `StatusFrequency` (then the subscription is dead, as in Exchange), and ends on
-//! an `Unsubscribe` reply. Every attempt is recorded.
+//! Outbound notifications: Graph change notifications POSTed as JSON through a per-URL
+//! [`outbox`] (batched, a 3-second answer deadline, retries with back-off for 4 hours;
+//! lifecycle notifications only to a subscription's `lifecycleNotificationUrl`, never to
+//! its `notificationUrl`), and one task per EWS push subscription that sends a
+//! `StatusEvent` at once on subscribing (as Exchange does, often before the client has read
+//! the Subscribe response), then `SendNotification` batches and `StatusEvent` keep-alives,
+//! retries a failed delivery at 30 s doubling until the interval exceeds the
+//! `StatusFrequency` (then the subscription is dead, as in Exchange), and ends on an
+//! `Unsubscribe` reply. Every attempt is recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::header;
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::calendar::Applied;
 use super::control::{Backend, EwsEnd, LifecycleKind, PushRecord};
@@ -22,11 +23,12 @@ use super::ids::{self, GraphIdType};
 use super::{Shared, SimError, odata_time};
 use crate::ews::SubscriptionStatus;
 
-/// Graph deliveries attempted per notification before it is given up.
-pub(crate) const GRAPH_MAX_ATTEMPTS: u32 = 4;
+pub(crate) mod outbox;
+use outbox::Outgoing;
+
 /// First retry delay (simulated time) for both backends; it doubles each time.
 pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(30);
-/// How long a callback may take to answer (real time).
+/// How long an EWS callback may take to answer (real time).
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events in one `SendNotification`; the rest follow with `MoreEvents` set.
 const MAX_EVENTS_PER_NOTIFICATION: usize = 50;
@@ -53,10 +55,11 @@ fn take_duplicate(shared: &Shared) -> bool {
     }
 }
 
-/// Fans a calendar change out: Graph notifications to every live subscription of the room
-/// that asked for this change type, and a wake-up for the EWS subscription tasks.
+/// Fans a calendar change out: a Graph notification to every live subscription of the room
+/// that asked for this change type (queued in its URL's [`outbox`]), and a wake-up for the
+/// EWS subscription tasks.
 pub(crate) fn on_change(shared: &Arc<Shared>, applied: &Applied) {
-    let deliveries: Vec<(String, String, Value)> = {
+    let outgoing: Vec<Outgoing> = {
         let mut state = shared.lock();
         purge_expired(&mut state);
         let tenant = shared.config.tenant_id.clone();
@@ -80,33 +83,30 @@ pub(crate) fn on_change(shared: &Arc<Shared>, applied: &Applied) {
                     GraphIdType::from_prefer(s.prefer_immutable_id),
                 );
                 let resource = format!("Users/{user}/Events/{id}");
-                let body = json!({
-                    "value": [{
-                        "subscriptionId": s.id,
-                        "subscriptionExpirationDateTime": odata_time(s.expiration),
-                        "changeType": applied.kind.graph(),
-                        "resource": resource,
-                        "resourceData": {
-                            "@odata.type": "#Microsoft.Graph.Event",
-                            "@odata.id": resource,
-                            "@odata.etag": applied.item.etag(),
-                            "id": id,
-                        },
-                        "clientState": s.client_state,
-                        "tenantId": tenant,
-                    }]
+                let value = json!({
+                    "subscriptionId": s.id,
+                    "subscriptionExpirationDateTime": odata_time(s.expiration),
+                    "changeType": applied.kind.graph(),
+                    "resource": resource,
+                    "resourceData": {
+                        "@odata.type": "#Microsoft.Graph.Event",
+                        "@odata.id": resource,
+                        "@odata.etag": applied.item.etag(),
+                        "id": id,
+                    },
+                    "clientState": s.client_state,
+                    "tenantId": tenant,
                 });
-                (s.id.clone(), s.notification_url.clone(), body)
+                Outgoing {
+                    url: s.notification_url.clone(),
+                    subscription_id: s.id.clone(),
+                    kind: applied.kind.graph().to_owned(),
+                    value,
+                }
             })
             .collect()
     };
-    for (sub_id, url, body) in deliveries {
-        let kind = applied.kind.graph().to_owned();
-        let shared2 = Arc::clone(shared);
-        shared.runtime.spawn(async move {
-            deliver_graph(&shared2, &sub_id, &url, body.to_string(), &kind).await;
-        });
-    }
+    outbox::enqueue(shared, outgoing);
     shared.ews_tick.send_modify(|n| *n = n.wrapping_add(1));
 }
 
@@ -118,7 +118,7 @@ pub(crate) fn send_lifecycle(
     subscription_id: &str,
     kind: LifecycleKind,
 ) -> Result<(), SimError> {
-    let (url, body) = {
+    let outgoing = {
         let mut state = shared.lock();
         let sub = state
             .graph_subs
@@ -131,40 +131,38 @@ pub(crate) fn send_lifecycle(
         let Some(url) = sub.lifecycle_url else {
             return Ok(());
         };
-        let body = json!({
-            "value": [{
+        Outgoing {
+            url,
+            subscription_id: sub.id.clone(),
+            kind: kind.as_str().to_owned(),
+            value: json!({
                 "lifecycleEvent": kind.as_str(),
                 "subscriptionId": sub.id,
                 "subscriptionExpirationDateTime": odata_time(sub.expiration),
                 "clientState": sub.client_state,
                 "tenantId": shared.config.tenant_id,
-            }]
-        });
-        (url, body.to_string())
+            }),
+        }
     };
-    let shared2 = Arc::clone(shared);
-    let sub_id = subscription_id.to_owned();
-    shared.runtime.spawn(async move {
-        deliver_graph(&shared2, &sub_id, &url, body, kind.as_str()).await;
-    });
+    outbox::enqueue(shared, vec![outgoing]);
     Ok(())
 }
 
 /// Sleeps `simulated` scaled time; `false` when the simulator is shutting down.
-async fn pause(shared: &Shared, simulated: Duration) -> bool {
+pub(crate) async fn pause(shared: &Shared, simulated: Duration) -> bool {
     tokio::select! {
         () = shared.shutdown.cancelled() => false,
         () = tokio::time::sleep(shared.scaled(simulated)) => true,
     }
 }
 
-/// One Graph POST; the status, or `None` when no answer came.
-async fn post_graph(shared: &Shared, url: &str, body: &str) -> Option<u16> {
+/// One Graph POST; the status, or `None` when no answer came within `deadline`.
+async fn post_graph(shared: &Shared, url: &str, body: &str, deadline: Duration) -> Option<u16> {
     shared
         .http
         .post(url)
         .header(header::CONTENT_TYPE, "application/json")
-        .timeout(PUSH_TIMEOUT)
+        .timeout(deadline)
         .body(body.to_owned())
         .send()
         .await
@@ -172,40 +170,39 @@ async fn post_graph(shared: &Shared, url: &str, body: &str) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
-/// POSTs one Graph notification, retrying non-2xx answers with doubling delays.
-async fn deliver_graph(shared: &Arc<Shared>, sub_id: &str, url: &str, body: String, kind: &str) {
-    let record = |attempt: u32, status: Option<u16>, kind: String| {
-        shared.lock().record_push(PushRecord {
-            backend: Backend::Graph,
-            url: url.to_owned(),
-            subscription_id: sub_id.to_owned(),
-            kind,
-            attempt,
-            status,
-            at: Utc::now(),
-            body: body.clone(),
-        });
-    };
-    let mut delay = FIRST_RETRY;
-    for attempt in 1..=GRAPH_MAX_ATTEMPTS {
-        let status = if take_push_failure(shared) {
-            None
-        } else {
-            post_graph(shared, url, &body).await
-        };
-        record(attempt, status, kind.to_owned());
-        if status.is_some_and(|s| (200..300).contains(&s)) {
-            if take_duplicate(shared) {
-                let again = post_graph(shared, url, &body).await;
-                record(attempt, again, format!("{kind} (duplicate)"));
-            }
-            return;
+/// When the calendar attendant updates a booking after it arrives (simulated time, each
+/// wait after the previous touch): a room mailbox sees a booking created, then updated twice
+/// as the attendant processes the request.
+pub(crate) const ATTENDANT_TOUCHES: [Duration; 2] =
+    [Duration::from_secs(1), Duration::from_secs(1)];
+
+/// Starts the calendar attendant on a booking just made in `room`: two updates a moment
+/// later, each a new version of the item that Graph and EWS subscribers are told about. A
+/// booking deleted meanwhile is left alone.
+pub(crate) fn spawn_attendant(shared: &Arc<Shared>, room: String, id: String) {
+    /// Counts the booking as being attended until dropped, however the task ends.
+    struct Attending(Arc<Shared>);
+    impl Drop for Attending {
+        fn drop(&mut self) {
+            let mut state = self.0.lock();
+            state.attending = state.attending.saturating_sub(1);
         }
-        if attempt == GRAPH_MAX_ATTEMPTS || !pause(shared, delay).await {
-            return;
-        }
-        delay *= 2;
     }
+    shared.lock().attending += 1;
+    let shared2 = Arc::clone(shared);
+    shared.runtime.spawn(async move {
+        let _attending = Attending(Arc::clone(&shared2));
+        for wait in ATTENDANT_TOUCHES {
+            if !pause(&shared2, wait).await {
+                return;
+            }
+            let touched = shared2.lock().cal.attendant_touch(&room, &id);
+            match touched {
+                Ok(applied) => on_change(&shared2, &applied),
+                Err(_) => return,
+            }
+        }
+    });
 }
 
 /// Starts the delivery task of a new EWS push subscription.
@@ -424,6 +421,7 @@ async fn deliver_ews(shared: &Shared, sub_id: &str, batch: &Batch) -> Delivered 
             subscription_id: sub_id.to_owned(),
             kind,
             attempt,
+            notifications: 1,
             status,
             at: Utc::now(),
             body: batch.body.clone(),
