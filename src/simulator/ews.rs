@@ -59,6 +59,11 @@ pub const EWS_BASIC_PASSWORD: &str = "sim-ews-password";
 
 /// `StatusFrequency` when the request omits it (the documented default).
 const DEFAULT_STATUS_FREQUENCY: u32 = 30;
+/// Live push subscriptions one mailbox may have: Exchange Online's `EwsMaxSubscriptions`
+/// throttling budget (20), charged to the impersonated mailbox. Subscribing beyond it answers
+/// `ErrorExceededSubscriptionCount`, so a client that resubscribes without letting the old
+/// subscription end (answering `Unsubscribe` to its next push) runs out.
+pub(crate) const MAX_SUBSCRIPTIONS_PER_MAILBOX: usize = 20;
 /// `MaxChangesReturned` bounds.
 const MAX_SYNC_CHANGES: usize = 512;
 /// Longest `CalendarView` range Exchange accepts (two years).
@@ -615,6 +620,18 @@ fn subscribe(shared: &Arc<Shared>, op: &Node, who: &Caller) -> Response {
                 &format!("The SMTP address has no mailbox associated with it: {room}"),
             );
         };
+        let live = state
+            .ews_subs
+            .values()
+            .filter(|s| s.alive && s.room == room_key)
+            .count();
+        if live >= MAX_SUBSCRIPTIONS_PER_MAILBOX {
+            drop(state);
+            return fail(
+                "ErrorExceededSubscriptionCount",
+                "You have exceeded the available subscriptions for your account. Remove unnecessary subscriptions and try your request again.",
+            );
+        }
         let epoch = state.ews_watermark_epoch;
         let (cursor, last_watermark) = match &given {
             None => {

@@ -2444,6 +2444,44 @@ async fn an_injected_validation_failure_fails_create_and_renew_even_when_the_cal
 }
 
 #[tokio::test]
+async fn a_mailbox_holds_twenty_live_push_subscriptions_and_the_next_gets_exceeded_subscription_count()
+ {
+    let sim = Sim::start().await;
+    let rx = Receiver::start().await;
+    let op = subscribe_op(None, &rx.url("/ews"));
+    let mut ids = Vec::new();
+    for _ in 0..ews::MAX_SUBSCRIPTIONS_PER_MAILBOX {
+        let (_, body) = sim.ews(ROOM, &op).await;
+        assert_eq!(response_code(&body, "Subscribe"), "NoError");
+        ids.push(
+            response_message(&body, "Subscribe")
+                .child("SubscriptionId")
+                .unwrap()
+                .text
+                .clone(),
+        );
+    }
+    assert_eq!(ids.len(), 20);
+    let (_, body) = sim.ews(ROOM, &op).await;
+    assert_eq!(
+        response_code(&body, "Subscribe"),
+        "ErrorExceededSubscriptionCount"
+    );
+    assert_eq!(sim.control().ews_subscriptions().len(), 20, "none made");
+    // The budget is the mailbox's: another room still subscribes.
+    let (_, body) = sim.ews("room2@sim.example", &op).await;
+    assert_eq!(response_code(&body, "Subscribe"), "NoError");
+    // A subscription that ended no longer counts.
+    sim.control()
+        .inject(Fault::DropEwsSubscription {
+            subscription_id: ids[0].clone(),
+        })
+        .unwrap();
+    let (_, body) = sim.ews(ROOM, &op).await;
+    assert_eq!(response_code(&body, "Subscribe"), "NoError");
+}
+
+#[tokio::test]
 async fn a_dropped_ews_subscription_sends_nothing_more() {
     let sim = Sim::start().await;
     let rx = Receiver::start().await;
