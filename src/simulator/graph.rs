@@ -286,6 +286,76 @@ pub(crate) fn graph_error(status: StatusCode, code: &str, message: &str) -> Resp
     )
 }
 
+/// Requests Graph lets an app have in flight at once for one mailbox (Outlook's
+/// `MailboxConcurrency` limit); the next gets `429 ApplicationThrottled`.
+pub(crate) const MAILBOX_CONCURRENCY: usize = 4;
+/// The `Retry-After` of a concurrency refusal, in seconds.
+const CONCURRENCY_RETRY_AFTER: &str = "1";
+
+/// One request counted against a mailbox's concurrency until dropped.
+#[derive(Debug)]
+pub(crate) struct MailboxSlot {
+    shared: AppState,
+    room: String,
+}
+
+impl Drop for MailboxSlot {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if let Some(n) = state.mailbox_in_flight.get_mut(&self.room) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.mailbox_in_flight.remove(&self.room);
+            }
+        }
+    }
+}
+
+/// Counts an authenticated Graph request on a mailbox's data (`/v1.0/users/{user}/…`:
+/// events, calendar views, delta; not the directory entry itself, not subscriptions)
+/// against the mailbox's concurrency, whichever name (UPN or object id) it uses. `Ok(None)`
+/// for a request that does not count; `Err` with the `429` for one over the limit.
+pub(crate) fn mailbox_slot(
+    shared: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Option<MailboxSlot>, Box<Response>> {
+    let Some((user, tail)) = path
+        .strip_prefix("/v1.0/users/")
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        return Ok(None);
+    };
+    if tail.is_empty() || check_bearer(shared, headers, TokenResource::Graph) != BearerCheck::Valid
+    {
+        return Ok(None);
+    }
+    let user = percent_encoding::percent_decode_str(user).decode_utf8_lossy();
+    let mut state = shared.lock();
+    let Some(room) = state.cal.user(&user).map(|r| r.address.clone()) else {
+        return Ok(None);
+    };
+    let in_flight = state.mailbox_in_flight.entry(room.clone()).or_default();
+    if *in_flight >= MAILBOX_CONCURRENCY {
+        drop(state);
+        let mut r = graph_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ApplicationThrottled",
+            "Application is over its MailboxConcurrency limit.",
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(CONCURRENCY_RETRY_AFTER),
+        );
+        return Err(Box::new(r));
+    }
+    *in_flight += 1;
+    Ok(Some(MailboxSlot {
+        shared: AppState::clone(shared),
+        room,
+    }))
+}
+
 /// Authentication, then injected throttling.
 async fn gate(State(shared): State<AppState>, request: Request, next: Next) -> Response {
     let refusal = match check_bearer(&shared, request.headers(), TokenResource::Graph) {

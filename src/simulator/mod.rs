@@ -217,6 +217,8 @@ pub(crate) struct SimState {
     pub(crate) ews_subs: BTreeMap<String, ews::EwsSub>,
     /// Graph delta links and parked pages.
     pub(crate) delta: graph::DeltaStore,
+    /// Graph requests in flight, by mailbox (room address).
+    pub(crate) mailbox_in_flight: HashMap<String, usize>,
     /// Bookings the calendar attendant has not finished with.
     pub(crate) attending: usize,
     /// Graph notifications waiting for delivery, by callback URL.
@@ -246,6 +248,7 @@ impl Shared {
             graph_subs: BTreeMap::new(),
             ews_subs: BTreeMap::new(),
             delta: graph::DeltaStore::default(),
+            mailbox_in_flight: HashMap::new(),
             attending: 0,
             graph_outboxes: push::outbox::Outboxes::default(),
             faults: control::Faults::default(),
@@ -329,6 +332,13 @@ async fn record_request(State(shared): State<AppState>, request: Request, next: 
         // Read before the handler runs: a revoked token is still recorded as what it was.
         shared.lock().tokens.get(t).map(|t| t.resource)
     });
+    // Taken before the latency is spent: a request is in flight at Exchange for all of its
+    // round trip, and the fifth at once for one mailbox is refused.
+    let slot = if control {
+        Ok(None)
+    } else {
+        graph::mailbox_slot(&shared, &path, headers)
+    };
     let latency = shared.config.latency;
     if !control && !latency.is_zero() {
         tokio::select! {
@@ -338,7 +348,10 @@ async fn record_request(State(shared): State<AppState>, request: Request, next: 
             () = tokio::time::sleep(latency) => {}
         }
     }
-    let response = next.run(request).await;
+    let response = match slot {
+        Ok(_slot) => next.run(request).await,
+        Err(throttled) => *throttled,
+    };
     if !control {
         let operation = response
             .extensions()

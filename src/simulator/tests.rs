@@ -3789,6 +3789,73 @@ async fn notifications_name_items_in_the_id_format_their_subscription_was_create
     }
 }
 
+/// Sends a GET of each path at once and returns their statuses and `Retry-After`s, in order.
+async fn concurrently(sim: &Sim, paths: &[String]) -> Vec<(StatusCode, Option<String>)> {
+    let token = sim.token().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, path) in paths.iter().enumerate() {
+        let request = sim.http.get(sim.url(path)).bearer_auth(&token);
+        tasks.spawn(async move {
+            let r = request.send().await.unwrap();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (i, r.status(), retry_after)
+        });
+    }
+    let mut out = tasks.join_all().await;
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, s, r)| (s, r)).collect()
+}
+
+#[tokio::test]
+async fn a_fifth_concurrent_graph_request_for_one_mailbox_gets_429_application_throttled() {
+    // Every request is in flight for 300 ms, so those sent together overlap.
+    let sim = Sim::start_with_latency(Duration::from_millis(300)).await;
+    let object_id = sim.control().room_object_id(ROOM).unwrap();
+    let view = |user: &str| format!("/v1.0/users/{user}/calendarView?{}", window_query());
+    // Four by address and one by object id: the same mailbox.
+    let mut paths: Vec<String> = (0..4).map(|_| view(ROOM)).collect();
+    paths.push(view(&object_id));
+    let got = concurrently(&sim, &paths).await;
+    let throttled: Vec<&(StatusCode, Option<String>)> = got
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(throttled.len(), 1, "{got:?}");
+    assert_eq!(throttled[0].1.as_deref(), Some("1"));
+    assert_eq!(got.iter().filter(|(s, _)| *s == StatusCode::OK).count(), 4);
+    // Four for each of two mailboxes, and the directory and subscriptions beside them:
+    // nothing over a limit.
+    let mut paths: Vec<String> = (0..4).map(|_| view(ROOM)).collect();
+    paths.extend((0..4).map(|_| view("room2@sim.example")));
+    paths.push(format!("/v1.0/users/{ROOM}"));
+    paths.push("/v1.0/subscriptions".to_owned());
+    let got = concurrently(&sim, &paths).await;
+    assert!(got.iter().all(|(s, _)| *s == StatusCode::OK), "{got:?}");
+    // Once they are answered the mailbox takes requests again.
+    let (status, _) = sim.graph_get(&sim.url(&view(ROOM)), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = {
+        let token = sim.token().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..5 {
+            let request = sim.http.get(sim.url(&view(ROOM))).bearer_auth(&token);
+            tasks.spawn(async move { request.send().await.unwrap() });
+        }
+        let mut refused = None;
+        for r in tasks.join_all().await {
+            if r.status() == StatusCode::TOO_MANY_REQUESTS {
+                refused = Some((r.status(), r.json::<Value>().await.unwrap()));
+            }
+        }
+        refused.unwrap()
+    };
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "ApplicationThrottled");
+}
+
 #[tokio::test]
 async fn the_latency_delays_graph_ews_and_token_answers_but_not_the_control_api() {
     const LATENCY: Duration = Duration::from_millis(150);
