@@ -35,6 +35,7 @@ use super::control::{Backend, GraphSubscriptionSnapshot, PushRecord};
 use super::ids::{self, GraphIdType};
 use super::oauth::TokenResource;
 mod writes;
+pub(crate) mod zones;
 
 use super::{
     AppState, BearerCheck, SimState, check_bearer, ews_datetime, graph_datetime, json_response,
@@ -1046,6 +1047,9 @@ async fn get_event(
         Some(Some(inst)) => {
             let mut v = event_json(&inst);
             ids::graph_event_ids(&mut v, id_type);
+            if let Some(zone) = zones::preferred(&headers) {
+                zones::apply(&mut v, &zone);
+            }
             if let Some(o) = v.as_object_mut() {
                 o.insert(
                     "@odata.context".to_owned(),
@@ -1144,12 +1148,17 @@ fn park_answer(
 }
 
 /// One page with its `@odata.nextLink` or `@odata.deltaLink` and `Preference-Applied`, its
-/// events' ids (parked as EWS ids) in the format this request asked for.
+/// events' ids (parked as EWS ids) in the format this request asked for, and their times
+/// (parked in UTC) in the zone it prefers.
 fn serve_page(shared: &AppState, page: Page, context: &str, headers: &HeaderMap) -> Response {
     let id_type = GraphIdType::from_prefer(prefers_immutable_id(headers));
+    let zone = zones::preferred(headers);
     let mut values = page.values;
     for v in &mut values {
         ids::graph_event_ids(v, id_type);
+        if let Some(zone) = &zone {
+            zones::apply(v, zone);
+        }
     }
     let mut body = serde_json::Map::new();
     body.insert("@odata.context".to_owned(), json!(context));

@@ -4692,3 +4692,82 @@ async fn move_to_deleted_items_is_a_move_and_an_unknown_operation_says_so_withou
     // ErrorInvalidRequest would read as a schema version mismatch to exchangelib.
     assert_eq!(fault_code(&body), "a:ErrorInvalidOperation");
 }
+
+// ---- time zones ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn event_reads_write_times_in_the_preferred_zone_and_name_it_and_writes_read_it_back() {
+    let sim = Sim::start().await;
+    let id = sim
+        .control()
+        .create_meeting(ROOM, meeting("Zoned", 2, 10))
+        .unwrap();
+    let rest = sim.control().graph_id(&id, false);
+    let tokyo = r#"outlook.timezone="Tokyo Standard Time""#;
+    let event = format!("/v1.0/users/{ROOM}/events/{rest}");
+    let view = format!("/v1.0/users/{ROOM}/calendarView?{}", window_query());
+    let delta = format!("/v1.0/users/{ROOM}/calendarView/delta?{}", window_query());
+    for path in [&event, &view, &delta] {
+        let (status, body) = sim.graph_get(&sim.url(path), Some(tokyo)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let e = if body.get("value").is_some() {
+            body["value"][0].clone()
+        } else {
+            body
+        };
+        // 10:00 UTC is 19:00 in Tokyo.
+        assert_eq!(
+            e["start"]["dateTime"], "2026-03-02T19:00:00.0000000",
+            "{path}"
+        );
+        assert_eq!(e["start"]["timeZone"], "Tokyo Standard Time", "{path}");
+        assert_eq!(
+            e["end"]["dateTime"], "2026-03-02T20:00:00.0000000",
+            "{path}"
+        );
+        // Without the preference, and asking UTC, it is UTC.
+        for prefer in [None, Some(r#"outlook.timezone="UTC""#)] {
+            let (_, body) = sim.graph_get(&sim.url(path), prefer).await;
+            let e = if body.get("value").is_some() {
+                body["value"][0].clone()
+            } else {
+                body
+            };
+            assert_eq!(e["start"]["dateTime"], "2026-03-02T10:00:00.0000000");
+            assert_eq!(e["start"]["timeZone"], "UTC");
+        }
+    }
+    // An IANA name too, with a half-hour offset, named as it was asked for.
+    let (_, e) = sim
+        .graph_get(
+            &sim.url(&event),
+            Some(r#"IdType="ImmutableId", outlook.timezone="Asia/Kolkata""#),
+        )
+        .await;
+    assert_eq!(e["start"]["dateTime"], "2026-03-02T15:30:00.0000000");
+    assert_eq!(e["start"]["timeZone"], "Asia/Kolkata");
+    // A zone with daylight saving time, which the simulator cannot convert, is answered in
+    // UTC and says so.
+    let (_, e) = sim
+        .graph_get(
+            &sim.url(&event),
+            Some(r#"outlook.timezone="Pacific Standard Time""#),
+        )
+        .await;
+    assert_eq!(e["start"]["timeZone"], "UTC");
+    assert_eq!(e["start"]["dateTime"], "2026-03-02T10:00:00.0000000");
+    // A write in a fixed-offset zone lands at the instant it names.
+    let mut body = graph_event_body("Bogota", "2026-03-03T09:00:00", "2026-03-03T10:00:00");
+    body["start"]["timeZone"] = json!("SA Pacific Standard Time");
+    body["end"]["timeZone"] = json!("SA Pacific Standard Time");
+    let (status, created) = graph_send(
+        &sim,
+        reqwest::Method::POST,
+        &format!("/v1.0/users/{ROOM}/events"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["start"]["dateTime"], "2026-03-03T14:00:00.0000000");
+    assert_eq!(created["start"]["timeZone"], "UTC");
+}

@@ -6,21 +6,21 @@
 //! As with EWS, what is stored is what the simulator models: subject, start, end,
 //! `isAllDay`, the location's display name and a daily or weekly recurrence with an
 //! interval of 1 and a numbered or end-date range; the room organizes what is booked in
-//! it. Other properties are accepted and not kept. Times are read in UTC: a `timeZone`
-//! other than UTC is refused with Graph's `TimeZoneNotSupportedException` rather than
-//! misread. `DELETE` moves the event to Deleted Items (EWS subscribers see a `MovedEvent`)
+//! it. Other properties are accepted and not kept. Times are read in their `timeZone` when
+//! it is UTC or a zone without daylight saving time ([`zones`]); any other zone is refused
+//! with Graph's `TimeZoneNotSupportedException` rather than misread. `DELETE` moves the event to Deleted Items (EWS subscribers see a `MovedEvent`)
 //! and `permanentDelete` removes it, as Graph documents the two.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::{
-    AppState, bad_json, bad_request, event_json, graph_error, parse_json_object, parse_time,
-    prefers_immutable_id, unknown_user,
+    AppState, bad_json, bad_request, event_json, graph_error, parse_json_object,
+    prefers_immutable_id, unknown_user, zones,
 };
 use crate::simulator::calendar::{
     Applied, Meeting, RangeEnd, Recurrence, client_recurrence, occurrence_id,
@@ -31,33 +31,45 @@ use crate::simulator::{SimError, push};
 /// A refusal, boxed: a `Response` is too large to travel in every `Err`.
 type Refused = Box<Response>;
 
-/// Zone names Graph writes for UTC, all read as UTC.
-const UTC_NAMES: [&str; 5] = ["UTC", "Etc/UTC", "Coordinated Universal Time", "GMT", "Z"];
-
-/// A `dateTimeTimeZone` (`{"dateTime","timeZone"}`) read as UTC.
+/// A `dateTimeTimeZone` (`{"dateTime","timeZone"}`): a wall-clock time in its zone (UTC
+/// when none is named), as the instant it names.
 fn date_time_time_zone(value: &Value, name: &str) -> Result<DateTime<Utc>, Refused> {
-    let zone = value
+    let zone_name = value
         .get("timeZone")
         .and_then(Value::as_str)
         .unwrap_or("UTC");
-    if !UTC_NAMES.iter().any(|z| z.eq_ignore_ascii_case(zone)) {
+    // "Z" is how some clients write UTC; it is not a zone name.
+    let zone = if zone_name.eq_ignore_ascii_case("Z") {
+        zones::Zone::named("UTC")
+    } else {
+        zones::Zone::named(zone_name)
+    };
+    let Some(zone) = zone else {
         return Err(Box::new(graph_error(
             StatusCode::BAD_REQUEST,
             "TimeZoneNotSupportedException",
             &format!(
-                "A valid TimeZone value must be specified. The following TimeZone value is not supported: '{zone}'. (The simulator reads times in UTC only.)"
+                "A valid TimeZone value must be specified. The following TimeZone value is not supported: '{zone_name}'. (The simulator reads times in UTC and in zones without daylight saving time only.)"
             ),
         )));
-    }
-    value
+    };
+    let unreadable = || {
+        Box::new(bad_request(&format!(
+            "{name}.dateTime is missing or not a date-time."
+        )))
+    };
+    let text = value
         .get("dateTime")
         .and_then(Value::as_str)
-        .and_then(parse_time)
-        .ok_or_else(|| {
-            Box::new(bad_request(&format!(
-                "{name}.dateTime is missing or not a date-time."
-            )))
-        })
+        .ok_or_else(unreadable)?;
+    // A time with an offset names its instant whatever the zone says.
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .and_then(|local| zone.to_utc(local))
+        .ok_or_else(unreadable)
 }
 
 /// A `patternedRecurrence` as the simulator can hold it, with whether it ends on a date.
@@ -122,7 +134,7 @@ fn string_at(value: &Value, name: &str) -> Option<String> {
     value.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// An event as a write answers it: in the id format the request prefers.
+/// An event as a write answers it: in the id format and time zone the request prefers.
 fn answer(
     shared: &AppState,
     status: StatusCode,
@@ -137,6 +149,9 @@ fn answer(
     };
     let mut v = event_json(&instance);
     ids::graph_event_ids(&mut v, id_type);
+    if let Some(zone) = zones::preferred(headers) {
+        zones::apply(&mut v, &zone);
+    }
     if let Some(o) = v.as_object_mut() {
         o.insert(
             "@odata.context".to_owned(),
