@@ -2132,6 +2132,58 @@ async fn get_item_finds_only_the_items_of_the_impersonated_room() {
 }
 
 #[tokio::test]
+async fn writes_and_graph_reads_reach_an_item_only_through_the_room_that_holds_it() {
+    let sim = Sim::start().await;
+    let theirs = sim
+        .control()
+        .create_meeting("room2@sim.example", meeting("Elsewhere", 2, 10))
+        .unwrap();
+    sim.control().until_attended().await;
+    // EWS impersonating room1 cannot move or delete room2's item.
+    let update = update_op(
+        "AlwaysOverwrite",
+        &format!(
+            r#"<t:ItemChange><t:ItemId Id="{theirs}"/>{}</t:ItemChange>"#,
+            set_times("2026-03-05T09:00:00Z", "2026-03-05T10:00:00Z")
+        ),
+    );
+    let answer = ews_write(&sim, "UpdateItem", &update).await;
+    assert_eq!(
+        answer[0].child("ResponseCode").unwrap().text,
+        "ErrorItemNotFound"
+    );
+    let delete = format!(
+        r#"<m:DeleteItem DeleteType="HardDelete" SendMeetingCancellations="SendToNone"><m:ItemIds><t:ItemId Id="{theirs}"/></m:ItemIds></m:DeleteItem>"#
+    );
+    let answer = ews_write(&sim, "DeleteItem", &delete).await;
+    assert_eq!(
+        answer[0].child("ResponseCode").unwrap().text,
+        "ErrorItemNotFound"
+    );
+    // Graph under room1 does not find it either, in any id format.
+    for id in [
+        theirs.clone(),
+        sim.control().graph_id(&theirs, false),
+        sim.control().graph_id(&theirs, true),
+    ] {
+        let path = format!("/v1.0/users/{ROOM}/events/{id}");
+        let (status, _) = sim.graph_get(&sim.url(&path), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = graph_send(&sim, reqwest::Method::DELETE, &path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    // It is where it was, untouched.
+    let (status, event) = sim
+        .graph_get(
+            &sim.url(&format!("/v1.0/users/room2@sim.example/events/{theirs}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(event["start"]["dateTime"], "2026-03-02T10:00:00.0000000");
+}
+
+#[tokio::test]
 async fn the_first_push_of_a_subscription_is_a_status_event_continuing_from_the_subscribe_watermark()
  {
     let sim = Sim::start().await;
