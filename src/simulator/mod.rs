@@ -10,12 +10,17 @@
 //! It is meant to be as strict as Microsoft wherever a lax simulator would let a wrong
 //! client pass: tokens work only for the resource they were issued for, app-only EWS calls
 //! must impersonate the room and anchor on it, Graph refuses duplicate subscriptions and
-//! over-long lifetimes, and notifications name rooms by object id.
+//! over-long lifetimes, notifications name rooms by object id, a notification counts as
+//! delivered only when answered within 3 seconds, and Graph takes four requests at once per
+//! mailbox. `docs/simulator.md` lists each strict behaviour with the self-test that holds
+//! it, and what is still not modelled.
 //!
 //! Used in-process by integration tests through [`Simulator::start`] and [`Control`], and by
 //! `rooms-sync simulate` through [`run`]. Time-based behaviour (push retries, status
-//! frequency, token lifetime) is divided by [`SimulatorConfig::time_scale`] so tests can run
-//! an hour of Exchange in seconds. [`SimulatorConfig::latency`] makes every Graph, EWS and
+//! frequency, token lifetime, the calendar attendant's updates of a booking) is divided by
+//! [`SimulatorConfig::time_scale`] so tests can run an hour of Exchange in seconds; what a
+//! client's own speed is measured against (Graph's 3-second answer deadline, the batching
+//! window, the configured latency) is real time. [`SimulatorConfig::latency`] makes every Graph, EWS and
 //! token answer wait (real time), for measuring a client against a realistic round trip.
 //!
 //! Items are kept under their EWS ids, which EWS and the control API show; Graph shows REST
@@ -64,8 +69,8 @@ pub struct SimulatorConfig {
     pub listen: SocketAddr,
     /// Seeds ids, tokens and the busy-office generator.
     pub seed: u64,
-    /// Divides push retry delays, status frequency and token lifetime: 60.0 makes a minute a
-    /// second.
+    /// Divides push retry delays, status frequency, token lifetime and the calendar
+    /// attendant's delays: 60.0 makes a minute a second.
     pub time_scale: f64,
     pub tenant_id: String,
     pub client_id: String,
