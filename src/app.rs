@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::db;
 use crate::http::{self, AppState, server};
 use crate::ingest::{IngestOptions, Ingestor};
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerLabels, Metrics};
 use crate::worker::{self, WorkerOptions};
 
 /// A built, bound, not yet running service.
@@ -108,6 +108,7 @@ impl Application {
         let options = server::ServeOptions {
             header_read_timeout: settings.http.header_read_timeout,
             drain: settings.http.shutdown_drain,
+            max_connections: settings.http.max_connections,
         };
         let ingest_tasks = TaskTracker::new();
         let ingest_stop = CancellationToken::new();
@@ -132,6 +133,12 @@ impl Application {
         };
 
         let listeners = TaskTracker::new();
+        let open_connections = |listener| {
+            self.metrics
+                .http_open_connections
+                .get_or_create(&ListenerLabels { listener })
+                .clone()
+        };
         if let Some(listener) = self.public {
             tracing::info!(
                 address = ?server::local_addr(&listener),
@@ -142,6 +149,7 @@ impl Application {
                 listener,
                 http::public_router(state.clone()),
                 options,
+                open_connections("public"),
                 shutdown.clone(),
             ));
         }
@@ -150,6 +158,7 @@ impl Application {
             self.admin,
             http::admin_router(state),
             options,
+            open_connections("admin"),
             shutdown.clone(),
         ));
         listeners.close();

@@ -24,6 +24,13 @@ pub struct EventLabels {
     pub kind: String,
 }
 
+/// Labels of a listener's connection gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `public` or `admin`.
+    pub listener: &'static str,
+}
+
 /// Labels of the mailbox coverage gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CoverageLabels {
@@ -61,6 +68,8 @@ pub struct Metrics {
     pub ingest_batch_deliveries: Histogram,
     /// Time of one ingest transaction, lookup included.
     pub ingest_commit_duration: Histogram,
+    /// Connections each listener holds open.
+    pub http_open_connections: Family<ListenerLabels, Gauge>,
     /// Mailboxes by backend and coverage (covered, uncovered, disabled).
     pub mailboxes: Family<CoverageLabels, Gauge>,
     /// Seconds until the soonest expiry of an active Graph subscription (NaN: none).
@@ -128,6 +137,12 @@ impl Metrics {
             "Time to store and commit one ingest batch",
             ingest_commit_duration.clone(),
         );
+        let http_open_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "http_open_connections",
+            "Connections each listener holds open (at most HttpMaxConnections)",
+            http_open_connections.clone(),
+        );
         let mailboxes = Family::<CoverageLabels, Gauge>::default();
         registry.register(
             "mailboxes",
@@ -193,6 +208,7 @@ impl Metrics {
             events_received,
             ingest_batch_deliveries,
             ingest_commit_duration,
+            http_open_connections,
         }
     }
 

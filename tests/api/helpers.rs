@@ -337,3 +337,27 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The value of the first sample of `metrics` (Prometheus text) whose line starts with
+/// `prefix`, e.g. `rooms_sync_ingest_flusher_restarts_total`; `None` when there is none.
+pub(crate) fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+impl TestApp {
+    /// The admin listener's `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
