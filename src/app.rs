@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -15,9 +16,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::db;
 use crate::http::{self, AppState, server};
-use crate::ingest::{IngestOptions, Ingestor};
+use crate::ingest::{Connect, IngestLimits, IngestOptions, Ingestor};
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::worker::{self, WorkerOptions};
+
+/// The least time the pool gets to close after the drain deadline has passed.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// A built, bound, not yet running service.
 #[derive(Debug)]
@@ -28,6 +32,7 @@ pub struct Application {
     public: Option<TcpListener>,
     admin: TcpListener,
     worker: WorkerOptions,
+    ingest: IngestLimits,
     /// Fired by ingest after each commit; the sync worker waits on it.
     wake: Arc<Notify>,
 }
@@ -74,6 +79,7 @@ impl Application {
             public,
             admin,
             worker: WorkerOptions::default(),
+            ingest: IngestLimits::default(),
             wake: Arc::new(Notify::new()),
         })
     }
@@ -82,6 +88,13 @@ impl Application {
     #[must_use]
     pub fn with_worker_options(mut self, options: WorkerOptions) -> Self {
         self.worker = options;
+        self
+    }
+
+    /// Replaces the ingest path's internal limits (tests shrink or stretch them).
+    #[must_use]
+    pub fn with_ingest_limits(mut self, limits: IngestLimits) -> Self {
+        self.ingest = limits;
         self
     }
 
@@ -98,8 +111,9 @@ impl Application {
     }
 
     /// Runs until `shutdown` is cancelled, then drains: the listeners stop accepting and finish
-    /// their requests within `ShutdownDrainSeconds`, and only then does ingest stop, so every
-    /// request that was accepted is committed and answered.
+    /// their requests within `ShutdownDrainSeconds`, then the worker and ingest stop; ingest has
+    /// until the same deadline to commit what it holds, and is then stopped (what it still
+    /// holds is answered by nobody: its senders retry).
     ///
     /// # Errors
     /// None yet; the signature leaves room for tasks that can fail.
@@ -110,12 +124,21 @@ impl Application {
             drain: settings.http.shutdown_drain,
             max_connections: settings.http.max_connections,
         };
+        let connect = Connect {
+            options: db::ingest_connect_options(
+                &self.pool,
+                self.ingest
+                    .statement_timeout(settings.database.statement_timeout),
+            ),
+            timeout: settings.database.acquire_timeout,
+        };
         let ingest_tasks = TaskTracker::new();
         let ingest_stop = CancellationToken::new();
         let ingestor = Ingestor::start(
-            self.pool.clone(),
+            connect,
             IngestOptions {
                 ews_unknown_grace: settings.exchange.ews.unknown_subscription_grace,
+                limits: self.ingest,
             },
             Arc::clone(&self.metrics),
             // Woken after every commit; the sync worker waits on it (polling stays the
@@ -129,7 +152,7 @@ impl Application {
             db: self.pool.clone(),
             settings: Arc::clone(&settings),
             metrics: Arc::clone(&self.metrics),
-            ingestor,
+            ingestor: ingestor.clone(),
         };
 
         let listeners = TaskTracker::new();
@@ -174,9 +197,12 @@ impl Application {
                 worker_stop.clone(),
             ))
         });
+        shutdown.cancelled().await;
+        let deadline = Instant::now() + settings.http.shutdown_drain;
         listeners.wait().await;
-        // The listeners have drained; the worker stops next (its own drain is bounded), and
-        // ingest last, so everything accepted is committed.
+        // The listeners have drained, so no handler is left to submit: ingest commits what it
+        // still holds while the worker stops (its own drain is bounded).
+        ingest_stop.cancel();
         worker_stop.cancel();
         if let Some(worker) = worker {
             match worker.await {
@@ -185,9 +211,25 @@ impl Application {
                 Err(error) => tracing::error!(%error, "the worker panicked"),
             }
         }
-        ingest_stop.cancel();
-        ingest_tasks.wait().await;
-        self.pool.close().await;
+        if tokio::time::timeout_at(deadline.into(), ingest_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                drain_ms = settings.http.shutdown_drain.as_millis() as u64,
+                "ingest did not drain within ShutdownDrainSeconds; stopping it"
+            );
+            ingestor.abort();
+            ingest_tasks.wait().await;
+        }
+        // A connection to a server that stopped answering never finishes closing.
+        let close_by = deadline.max(Instant::now() + CLOSE_GRACE);
+        if tokio::time::timeout_at(close_by.into(), self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections did not close in time");
+        }
         tracing::info!("stopped");
         Ok(())
     }

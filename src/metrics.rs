@@ -17,11 +17,13 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
-/// Labels of a stored notification event.
+/// Labels of a stored notification event. Both are from fixed sets: a label value made from
+/// input (a `changeType` Graph may invent) would be a new time series kept for ever.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub backend: &'static str,
-    pub kind: String,
+    /// A kind this code knows, or `other`.
+    pub kind: &'static str,
 }
 
 /// Labels of a listener's connection gauge.
@@ -29,6 +31,14 @@ pub struct EventLabels {
 pub struct ListenerLabels {
     /// `public` or `admin`.
     pub listener: &'static str,
+}
+
+/// Labels of a deadline of the ingest path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadlineLabels {
+    /// `database`: one round trip of a flusher was cut client-side; `webhook`: a handler gave
+    /// up waiting for its delivery's commit and answered 503.
+    pub stage: &'static str,
 }
 
 /// Labels of the mailbox coverage gauge.
@@ -68,6 +78,10 @@ pub struct Metrics {
     pub ingest_batch_deliveries: Histogram,
     /// Time of one ingest transaction, lookup included.
     pub ingest_commit_duration: Histogram,
+    /// Deadlines of the ingest path that were hit, by stage.
+    pub ingest_deadlines: Family<DeadlineLabels, Counter>,
+    /// Ingest flusher tasks restarted after a panic.
+    pub ingest_flusher_restarts: Counter,
     /// Connections each listener holds open.
     pub http_open_connections: Family<ListenerLabels, Gauge>,
     /// Mailboxes by backend and coverage (covered, uncovered, disabled).
@@ -136,6 +150,19 @@ impl Metrics {
             "ingest_commit_duration_seconds",
             "Time to store and commit one ingest batch",
             ingest_commit_duration.clone(),
+        );
+        let ingest_deadlines = Family::<DeadlineLabels, Counter>::default();
+        registry.register(
+            "ingest_deadlines_exceeded",
+            "Ingest deadlines hit: database (a round trip cut client-side) or webhook (answered \
+             503 before the commit)",
+            ingest_deadlines.clone(),
+        );
+        let ingest_flusher_restarts = Counter::default();
+        registry.register(
+            "ingest_flusher_restarts",
+            "Ingest flusher tasks restarted after a panic",
+            ingest_flusher_restarts.clone(),
         );
         let http_open_connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
@@ -208,6 +235,8 @@ impl Metrics {
             events_received,
             ingest_batch_deliveries,
             ingest_commit_duration,
+            ingest_deadlines,
+            ingest_flusher_restarts,
             http_open_connections,
         }
     }
