@@ -1,10 +1,10 @@
 //! `POST /api/webhooks/exchange`: EWS push (SOAP) and Graph change notifications (JSON).
 //!
 //! Order of work, cheapest refusal first: source address (before the body is read), Graph's
-//! validation handshake (no body, no database), content type, body size, room in the ingest
-//! queue, parse, then store and commit through the [`crate::ingest::Ingestor`], and only then
-//! the acknowledgement. The raw body is dropped once parsed: a handler waiting for its commit
-//! holds only the parsed delivery.
+//! validation handshake (no body, no database), a database not migrated yet (503), content
+//! type, body size, room in the ingest queue, parse, then store and commit through the
+//! [`crate::ingest::Ingestor`], and only then the acknowledgement. The raw body is dropped once
+//! parsed: a handler waiting for its commit holds only the parsed delivery.
 
 use std::error::Error as _;
 use std::time::Instant;
@@ -78,6 +78,9 @@ async fn receive(State(state): State<AppState>, request: Request) -> Result<Resp
             token,
         )
             .into_response());
+    }
+    if !state.schema.is_ready() {
+        return Err(ApiError::NotReady("the database is not migrated yet"));
     }
     let protocol = protocol(request.headers())?;
     let limit = state.settings.http.webhook_max_body_bytes;
