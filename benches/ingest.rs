@@ -5,7 +5,9 @@
 //! (2) the real `rooms-sync serve` binary (spawned, so its RSS is its own) driven by 64 keep-alive
 //! connections of valid Graph notifications (one per POST, unique items, known subscriptions with
 //! the right clientState), closed loop for the maximum rate, then an open-model constant rate at
-//! half of it; (3) the same for EWS (one subscription per connection, a continuous watermark
+//! half of it, then that rate without and with 300 slowloris clients holding connections open
+//! (trickling a header line a second), alternated three times, with the ratio of the median
+//! p99s; (3) the same for EWS (one subscription per connection, a continuous watermark
 //! chain); (4) the validation handshake echo. It prints acks/s, latency percentiles, errors,
 //! rows stored vs acknowledged, the service's RSS, and acks/s ÷ pgbench rate.
 //!
@@ -31,6 +33,8 @@ use sqlx::PgPool;
 use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 64;
+/// Slow clients held open during the slowloris phase.
+const SLOW_CONNECTIONS: usize = 300;
 const GRAPH_SUBSCRIPTIONS: usize = 16;
 const WEBHOOK: &str = "/api/webhooks/exchange";
 const SAMPLE_SUB: &str = "0d8f2b6a-7c31-4e59-9a42-3f1b6c8d9e01";
@@ -115,7 +119,7 @@ async fn run() {
     let half_rate = (max.acks_per_second() / 2.0).max(100.0);
     let half = drive(
         &service,
-        Load::Graph(graph_subs),
+        Load::Graph(graph_subs.clone()),
         Mode::Open { rate: half_rate },
         seconds,
         4_000_000,
@@ -126,6 +130,55 @@ async fn run() {
         &format!("graph, open model at {half_rate:.0}/s (half of max)"),
         pgbench,
         &mut service,
+    );
+
+    // The same rate without and with slowloris clients holding connections open (trickling a
+    // header line a second), alternated, so that the machine's other load falls on both alike.
+    println!(
+        "\n## graph, open model at {half_rate:.0}/s without and with {SLOW_CONNECTIONS} slowloris connections"
+    );
+    let (mut plain_p99, mut slowed_p99) = (Vec::new(), Vec::new());
+    for round in 0..3_u64 {
+        let plain = drive(
+            &service,
+            Load::Graph(graph_subs.clone()),
+            Mode::Open { rate: half_rate },
+            seconds,
+            10_000_000 + round * 2_000_000,
+            &pool,
+        )
+        .await;
+        let slow = Slowloris::start(&service.addr, SLOW_CONNECTIONS);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let slowed = drive(
+            &service,
+            Load::Graph(graph_subs.clone()),
+            Mode::Open { rate: half_rate },
+            seconds,
+            11_000_000 + round * 2_000_000,
+            &pool,
+        )
+        .await;
+        let (open, opened) = slow.stop().await;
+        println!(
+            "round {round}: without p99 {:.2} ms, errors {} | with ({open} open, {opened} opened) p99 {:.2} ms, errors {}, acks/s {:.0}",
+            plain.percentile_ms(0.99),
+            plain.errors,
+            slowed.percentile_ms(0.99),
+            slowed.errors,
+            slowed.acks_per_second(),
+        );
+        plain_p99.push(plain.percentile_ms(0.99));
+        slowed_p99.push(slowed.percentile_ms(0.99));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (plain, slowed) = (median(&mut plain_p99), median(&mut slowed_p99));
+    println!(
+        "median p99 without {plain:.2} ms, with {slowed:.2} ms: ratio {:.2}",
+        slowed / plain.max(0.001)
     );
 
     let ews = drive(
@@ -570,6 +623,67 @@ fn ews_body(subscription: &str, previous: &str, watermark: &str, item: &str) -> 
         wm = watermark,
         item = item
     )
+}
+
+/// Clients that open a connection, send part of a request's headers and then one header line a
+/// second, reconnecting whenever the service closes them (as an attacker would).
+struct Slowloris {
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicU64>,
+    opened: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Slowloris {
+    fn start(addr: &str, connections: usize) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicU64::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let tasks = (0..connections)
+            .map(|i| {
+                let (addr, stop, open, opened) =
+                    (addr.to_owned(), stop.clone(), open.clone(), opened.clone());
+                // Spread over a second, as unrelated clients would be.
+                let offset = Duration::from_secs(1).mul_f64(i as f64 / connections as f64);
+                tokio::spawn(async move {
+                    tokio::time::sleep(offset).await;
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut stream) = TcpStream::connect(&addr).await else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        opened.fetch_add(1, Ordering::Relaxed);
+                        open.fetch_add(1, Ordering::Relaxed);
+                        let mut line: &[u8] =
+                            b"POST /api/webhooks/exchange HTTP/1.1\r\nHost: bench\r\n";
+                        while !stop.load(Ordering::Relaxed) && stream.write_all(line).await.is_ok()
+                        {
+                            line = b"X-Slow: 1\r\n";
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            open,
+            opened,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; returns how many connections were open and how many were opened.
+    async fn stop(self) -> (u64, u64) {
+        let open = self.open.load(Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        (open, self.opened.load(Ordering::Relaxed))
+    }
 }
 
 /// Runs one phase and counts what got stored. `base` keeps item ids unique across phases.

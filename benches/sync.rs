@@ -275,7 +275,12 @@ impl Stack {
             .unwrap()
             .with_worker_options(options);
         let app_stop = CancellationToken::new();
+        let schema = app.schema();
         let app = tokio::spawn(app.run(app_stop.clone()));
+        assert!(
+            schema.wait().await,
+            "the service never migrated the database"
+        );
         let pool = PgPool::connect(db_url).await.unwrap();
         let stack = Self {
             sim,

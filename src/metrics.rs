@@ -17,11 +17,28 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
-/// Labels of a stored notification event.
+/// Labels of a stored notification event. Both are from fixed sets: a label value made from
+/// input (a `changeType` Graph may invent) would be a new time series kept for ever.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub backend: &'static str,
-    pub kind: String,
+    /// A kind this code knows, or `other`.
+    pub kind: &'static str,
+}
+
+/// Labels of a listener's connection gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `public` or `admin`.
+    pub listener: &'static str,
+}
+
+/// Labels of a deadline of the ingest path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadlineLabels {
+    /// `database`: one round trip of a flusher was cut client-side; `webhook`: a handler gave
+    /// up waiting for its delivery's commit and answered 503.
+    pub stage: &'static str,
 }
 
 /// Labels of the mailbox coverage gauge.
@@ -61,6 +78,12 @@ pub struct Metrics {
     pub ingest_batch_deliveries: Histogram,
     /// Time of one ingest transaction, lookup included.
     pub ingest_commit_duration: Histogram,
+    /// Deadlines of the ingest path that were hit, by stage.
+    pub ingest_deadlines: Family<DeadlineLabels, Counter>,
+    /// Ingest flusher tasks restarted after a panic.
+    pub ingest_flusher_restarts: Counter,
+    /// Connections each listener holds open.
+    pub http_open_connections: Family<ListenerLabels, Gauge>,
     /// Mailboxes by backend and coverage (covered, uncovered, disabled).
     pub mailboxes: Family<CoverageLabels, Gauge>,
     /// Seconds until the soonest expiry of an active Graph subscription (NaN: none).
@@ -128,6 +151,25 @@ impl Metrics {
             "Time to store and commit one ingest batch",
             ingest_commit_duration.clone(),
         );
+        let ingest_deadlines = Family::<DeadlineLabels, Counter>::default();
+        registry.register(
+            "ingest_deadlines_exceeded",
+            "Ingest deadlines hit: database (a round trip cut client-side) or webhook (answered \
+             503 before the commit)",
+            ingest_deadlines.clone(),
+        );
+        let ingest_flusher_restarts = Counter::default();
+        registry.register(
+            "ingest_flusher_restarts",
+            "Ingest flusher tasks restarted after a panic",
+            ingest_flusher_restarts.clone(),
+        );
+        let http_open_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "http_open_connections",
+            "Connections each listener holds open (at most HttpMaxConnections)",
+            http_open_connections.clone(),
+        );
         let mailboxes = Family::<CoverageLabels, Gauge>::default();
         registry.register(
             "mailboxes",
@@ -193,6 +235,9 @@ impl Metrics {
             events_received,
             ingest_batch_deliveries,
             ingest_commit_duration,
+            ingest_deadlines,
+            ingest_flusher_restarts,
+            http_open_connections,
         }
     }
 

@@ -49,6 +49,7 @@ pub const KEYS: &[KeySpec] = &[
     key("WebhookMaxBodyBytes", Some("4194304")),
     key("RequestTimeoutSeconds", Some("10")),
     key("HeaderReadTimeoutSeconds", Some("10")),
+    key("HttpMaxConnections", Some("1024")),
     key("ShutdownDrainSeconds", Some("15")),
     key("ExchangeBackend", Some("graph")),
     key("ExchangeRoomMailboxes", None),

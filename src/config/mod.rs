@@ -78,6 +78,9 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// How long a client may take to send its request headers (slowloris defence).
     pub header_read_timeout: Duration,
+    /// Connections each listener holds open at once; more wait in the kernel's accept queue, so
+    /// idle or slow clients cannot use up the process's file descriptors.
+    pub max_connections: usize,
     /// How long in-flight requests and jobs may run on after SIGTERM.
     pub shutdown_drain: Duration,
 }

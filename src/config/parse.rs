@@ -99,6 +99,11 @@ pub(super) fn settings(raw: &Effective) -> Result<Settings, ConfigError> {
         "an integer from 1 to 300",
         |v| in_range(v, 1, 300).map(seconds),
     );
+    let max_http_connections = c.required(
+        "HttpMaxConnections",
+        "an integer from 1 to 65536 (connections per listener)",
+        |v| in_range(v, 1, 65_536).and_then(|n| usize::try_from(n).ok()),
+    );
     let shutdown_drain = c.required("ShutdownDrainSeconds", "an integer from 1 to 600", |v| {
         in_range(v, 1, 600).map(seconds)
     });
@@ -229,6 +234,7 @@ pub(super) fn settings(raw: &Effective) -> Result<Settings, ConfigError> {
                 webhook_max_body_bytes: webhook_max_body_bytes?,
                 request_timeout: request_timeout?,
                 header_read_timeout: header_read_timeout?,
+                max_connections: max_http_connections?,
                 shutdown_drain: shutdown_drain?,
             },
             roles: roles?,

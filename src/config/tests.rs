@@ -475,6 +475,27 @@ fn bad_enums_ranges_lists_and_addresses_are_each_named() {
 }
 
 #[test]
+fn http_max_connections_defaults_to_1024_and_out_of_range_values_name_the_key() {
+    let loaded = load_from(None, &env(&[("IdpRootUrl", "https://h.example")])).unwrap();
+    assert_eq!(loaded.settings.http.max_connections, 1024);
+    for bad in ["0", "65537", "-1", "many"] {
+        let p = problems(
+            None,
+            &[
+                ("IdpRootUrl", "https://h.example"),
+                ("HttpMaxConnections", bad),
+            ],
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("HttpMaxConnections (from environment): invalid value")
+                && p[0].contains("an integer from 1 to 65536"),
+            "{p:?}"
+        );
+    }
+}
+
+#[test]
 fn a_settings_file_with_a_doctype_or_another_root_is_refused() {
     let doctype = r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><appSettings/>"#;
     assert!(problems(Some(doctype), &[])[0].contains("DTD"));

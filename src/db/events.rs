@@ -61,6 +61,21 @@ pub async fn store_batch<'c>(
     graph_touched: &[i64],
 ) -> Result<Vec<(Backend, String)>, sqlx::Error> {
     retire_lapsed_keys(executor, events).await?;
+    insert_batch(executor, events, ews, graph_touched).await
+}
+
+/// The second half of [`store_batch`], its one write: for callers that put a deadline on each
+/// round trip of their own connection (the ingest flushers) and so call
+/// [`retire_lapsed_keys`] and this one by one.
+///
+/// # Errors
+/// Database errors, including a statement timeout.
+pub async fn insert_batch<'c>(
+    executor: impl PgExecutor<'c>,
+    events: &[NewEvent],
+    ews: &[EwsUpdate],
+    graph_touched: &[i64],
+) -> Result<Vec<(Backend, String)>, sqlx::Error> {
     sqlx::query_as(
         "with inserted as (
              insert into notification_events
@@ -191,8 +206,12 @@ pub async fn store_batch<'c>(
 }
 
 /// Appends its id to the key of every stored event that shares the key of one of `events`
-/// with a `dedupe_window` and was received longer than that window ago (see [`store_batch`]).
-async fn retire_lapsed_keys<'c>(
+/// with a `dedupe_window` and was received longer than that window ago (see [`store_batch`]);
+/// no round trip when none of `events` has a window.
+///
+/// # Errors
+/// Database errors, including a statement timeout.
+pub async fn retire_lapsed_keys<'c>(
     executor: impl PgExecutor<'c>,
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {

@@ -126,7 +126,18 @@ async fn run_with(
         .public_addr()
         .map_or_else(String::new, |a| format!("http://{a}"));
     let app_stop = CancellationToken::new();
+    let schema = app.schema();
     let service = tokio::spawn(app.run(app_stop.clone()));
+    // The service creates and migrates the database in the background; the demo reads it.
+    let migrated = tokio::select! {
+        migrated = schema.wait() => migrated,
+        () = shutdown.cancelled() => false,
+    };
+    if !migrated {
+        app_stop.cancel();
+        let _ = service.await;
+        bail!("the service did not get the database ready");
+    }
     let pool = db::pool(&settings.database)?;
     // The service's own subscription upkeep subscribes the rooms; bookings start once every
     // room is covered.

@@ -19,6 +19,10 @@ pub enum ApiError {
     /// The database could not commit or answer in time: the sender should retry.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] anyhow::Error),
+    /// Not able to take the request now (starting, shedding load, stopping): the sender should
+    /// retry. Expected under stress, so logged at debug level only (metrics count the 503s).
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
     #[error("internal error: {0}")]
     Internal(#[source] anyhow::Error),
 }
@@ -37,6 +41,13 @@ impl IntoResponse for ApiError {
                     error = format!("{error:#}"),
                     "request failed: database unavailable"
                 );
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service unavailable, retry later".to_owned(),
+                )
+            }
+            Self::NotReady(reason) => {
+                tracing::debug!(reason, "request refused: not ready");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service unavailable, retry later".to_owned(),

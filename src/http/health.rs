@@ -20,9 +20,14 @@ pub(super) async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database answers and every embedded migration is applied.
+/// The database answers and every embedded migration is applied (by this process, when it is
+/// the one to migrate: until then its webhook refuses deliveries).
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match db::readiness(&state.db, READINESS_TIMEOUT).await {
+    let readiness = match db::readiness(&state.db, READINESS_TIMEOUT).await {
+        Readiness::Ready if !state.schema.is_ready() => Readiness::MigrationsPending,
+        readiness => readiness,
+    };
+    match readiness {
         Readiness::Ready => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "database": "ok", "migrations": "applied" })),

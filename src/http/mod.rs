@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 pub use error::ApiError;
 
 use crate::config::Settings;
+use crate::db::SchemaGate;
 use crate::ingest::Ingestor;
 use crate::metrics::{HttpLabels, Metrics};
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub ingestor: Ingestor,
+    /// Open once the database is migrated.
+    pub schema: SchemaGate,
 }
 
 /// The public listener: the webhook and the health probes.

@@ -1,10 +1,13 @@
 //! `POST /api/webhooks/exchange`: EWS push (SOAP) and Graph change notifications (JSON).
 //!
 //! Order of work, cheapest refusal first: source address (before the body is read), Graph's
-//! validation handshake (no body, no database), content type, body size, parse, then store and
-//! commit through the [`crate::ingest::Ingestor`], and only then the acknowledgement.
+//! validation handshake (no body, no database), a database not migrated yet (503), content
+//! type, body size, room in the ingest queue, parse, then store and commit through the
+//! [`crate::ingest::Ingestor`], and only then the acknowledgement. The raw body is dropped once
+//! parsed: a handler waiting for its commit holds only the parsed delivery.
 
 use std::error::Error as _;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -18,7 +21,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use super::{ApiError, AppState, WEBHOOK_PATH, source};
 use crate::ews::{parse_send_notification, send_notification_result};
 use crate::graph::notification::{parse_notification_collection, validation_token};
-use crate::ingest::{Ack, Delivery};
+use crate::ingest::{Ack, Delivery, IngestError};
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let limit = state.settings.http.webhook_max_body_bytes;
@@ -63,6 +66,7 @@ fn protocol(headers: &HeaderMap) -> Result<Protocol, ApiError> {
 }
 
 async fn receive(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let started = Instant::now();
     // Graph's handshake: echo the token, touching neither the body nor the database, so it
     // answers even while Postgres is down or every pooled connection is busy.
     if let Some(token) = validation_token(request.uri().query().unwrap_or(""))
@@ -75,9 +79,16 @@ async fn receive(State(state): State<AppState>, request: Request) -> Result<Resp
         )
             .into_response());
     }
+    if !state.schema.is_ready() {
+        return Err(ApiError::NotReady("the database is not migrated yet"));
+    }
     let protocol = protocol(request.headers())?;
     let limit = state.settings.http.webhook_max_body_bytes;
     let body = read_body(request.into_body(), limit).await?;
+    let reservation = state
+        .ingestor
+        .reserve(body.len())
+        .map_err(|_| ApiError::NotReady("the ingest queue is full"))?;
     let delivery = match protocol {
         Protocol::Ews => Delivery::ews(
             parse_send_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?,
@@ -89,11 +100,16 @@ async fn receive(State(state): State<AppState>, request: Request) -> Result<Resp
             &body,
         ),
     };
+    drop(body);
     let ack = state
         .ingestor
-        .submit(delivery)
+        .submit(delivery, reservation, started)
         .await
-        .map_err(|e| ApiError::Unavailable(e.into()))?;
+        .map_err(|e| match e {
+            IngestError::Overloaded => ApiError::NotReady("the ingest queue is full"),
+            IngestError::ShuttingDown => ApiError::NotReady("the service is shutting down"),
+            e => ApiError::Unavailable(e.into()),
+        })?;
     Ok(match ack {
         Ack::Ews(status) => (
             StatusCode::OK,

@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
-
+use super::checkout::{Checkout, StoreError};
 use crate::db::subscriptions::{self, SubscriptionRow};
 
 /// How long a looked-up subscription is trusted.
@@ -25,12 +24,14 @@ pub(super) struct SubscriptionCache {
 }
 
 impl SubscriptionCache {
-    /// The stored subscriptions among `remote_ids` (either backend), from the cache where fresh.
+    /// The stored subscriptions among `remote_ids` (either backend), from the cache where fresh;
+    /// a query on `conn` (cut after `limit`) for the rest.
     pub(super) async fn resolve(
         &self,
-        pool: &PgPool,
+        conn: &mut Checkout<'_>,
+        limit: Duration,
         remote_ids: &[&str],
-    ) -> Result<HashMap<String, SubscriptionRow>, sqlx::Error> {
+    ) -> Result<HashMap<String, SubscriptionRow>, StoreError> {
         let now = Instant::now();
         let mut found = HashMap::with_capacity(remote_ids.len());
         let mut missing = Vec::new();
@@ -51,7 +52,12 @@ impl SubscriptionCache {
         if missing.is_empty() {
             return Ok(found);
         }
-        let rows = subscriptions::find_by_remote_ids(pool, &missing).await?;
+        let outcome = tokio::time::timeout(
+            limit,
+            subscriptions::find_by_remote_ids(conn.begin()?, &missing),
+        )
+        .await;
+        let rows = conn.end(outcome, limit)?;
         let mut entries = self
             .entries
             .lock()

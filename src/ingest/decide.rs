@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 
 use super::IngestOptions;
 use super::cache::SubscriptionCache;
+use super::checkout::{Checkout, StoreError};
 use crate::db::events::NewEvent;
 use crate::db::subscriptions::{EwsUpdate, SubscriptionRow};
 use crate::domain::{Backend, EventStatus, RejectReason};
@@ -90,12 +90,15 @@ pub(super) struct Lookup {
     ews_grace_open: bool,
 }
 
+/// Looks up the subscriptions `deliveries` name, on `conn`; each round trip is cut after the
+/// limit of `options`.
 pub(super) async fn lookup(
-    pool: &PgPool,
+    conn: &mut Checkout<'_>,
     cache: &SubscriptionCache,
     deliveries: &[&Delivery],
     options: IngestOptions,
-) -> Result<Lookup, sqlx::Error> {
+) -> Result<Lookup, StoreError> {
+    let limit = options.limits.round_trip;
     let mut ews_ids: Vec<&str> = Vec::new();
     let mut ids: Vec<&str> = Vec::new();
     for delivery in deliveries {
@@ -109,14 +112,23 @@ pub(super) async fn lookup(
     ids.extend(&ews_ids);
     ids.sort_unstable();
     ids.dedup();
-    let by_remote_id = cache.resolve(pool, &ids).await?;
+    let by_remote_id = cache.resolve(conn, limit, &ids).await?;
     let unknown_ews = ews_ids.iter().any(|id| {
         by_remote_id
             .get(*id)
             .is_none_or(|s| s.backend != Backend::Ews)
     });
-    let ews_grace_open = unknown_ews
-        && crate::db::subscriptions::ews_subscribed_within(pool, options.ews_unknown_grace).await?;
+    let ews_grace_open = unknown_ews && {
+        let outcome = tokio::time::timeout(
+            limit,
+            crate::db::subscriptions::ews_subscribed_within(
+                conn.begin()?,
+                options.ews_unknown_grace,
+            ),
+        )
+        .await;
+        conn.end(outcome, limit)?
+    };
     Ok(Lookup {
         by_remote_id,
         ews_grace_open,

@@ -162,3 +162,100 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected(pool: PgPool) 
     assert!(read.is_ok(), "connection still open after 10 s");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn serve_answers_while_postgres_is_down_and_migrates_as_soon_as_it_answers() {
+    // Nothing listens on the database port yet.
+    let port = crate::helpers::free_port();
+    let name = crate::helpers::unique_database_name("rooms_sync_late");
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{name}");
+    let settings = test_settings(&[
+        ("DatabaseUrl", &url),
+        ("DatabaseAcquireTimeoutMs", "500"),
+        ("ServiceRoles", "web,worker"),
+        ("ExchangeRoomMailboxes", "ews:room@late.example"),
+        ("EwsAuth", "basic"),
+        ("EwsUsername", "svc"),
+        ("EwsPassword", "secret"),
+        ("EwsUrl", "http://127.0.0.1:1/EWS/Exchange.asmx"),
+    ]);
+    let app = TestApp::run(Application::build(settings).await.unwrap());
+
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let validation = app
+        .client
+        .post(app.url("/api/webhooks/exchange?validationToken=early"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(validation.text().await.unwrap(), "early");
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = r#"{"value":[{"subscriptionId":"s","changeType":"created","resource":"Users/r/Events/E1","resourceData":{"id":"E1"}}]}"#;
+    let post = || {
+        app.client
+            .post(app.url("/api/webhooks/exchange"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let started = Instant::now();
+    assert_eq!(post().await.unwrap().status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Postgres comes up on that port.
+    let proxy = crate::helpers::Proxy::start_on(port, &crate::helpers::server_host_port()).await;
+    crate::helpers::eventually(Duration::from_secs(20), "/readyz answers 200", || async {
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert_eq!(post().await.unwrap().status(), 202);
+    assert!(crate::helpers::database_exists(&name).await);
+    let pool = sqlx::PgPool::connect(&format!("{}/{name}", crate::helpers::server_url()))
+        .await
+        .unwrap();
+    // The worker started once the tables were there: it recorded the configured room.
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the worker records the room",
+        || async {
+            sqlx::query_scalar::<_, i64>("select count(*) from mailboxes")
+                .fetch_one(&pool)
+                .await
+                .is_ok_and(|n| n == 1)
+        },
+    )
+    .await;
+    pool.close().await;
+    app.stop().await;
+    drop(proxy);
+    crate::helpers::drop_database(&name).await;
+}
+
+#[sqlx::test]
+async fn serve_stops_with_an_error_when_an_applied_migration_was_changed(pool: PgPool) {
+    sqlx::query(
+        "update _sqlx_migrations set checksum = '\\x00'::bytea
+         where version = (select min(version) from _sqlx_migrations)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = crate::helpers::database_url(&pool);
+    let app = Application::build(test_settings(&[("DatabaseUrl", &url)]))
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("serve stops by itself");
+    let error = outcome.expect_err("a changed migration is fatal");
+    assert!(format!("{error:#}").contains("modified"), "{error:#}");
+}

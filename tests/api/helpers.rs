@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rooms_sync::app::Application;
@@ -335,5 +337,155 @@ where
     while !check().await {
         assert!(start.elapsed() < bound, "not within {bound:?}: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Postgres server's `host:port`, from [`server_url`].
+pub(crate) fn server_host_port() -> String {
+    let url = url::Url::parse(&server_url()).expect("DATABASE_URL is a URL");
+    format!(
+        "{}:{}",
+        url.host_str().expect("DATABASE_URL names a host"),
+        url.port().unwrap_or(5432)
+    )
+}
+
+/// A TCP proxy in front of Postgres that can play a server gone silent. `freeze` stops all
+/// forwarding while keeping every socket open (what a half-open connection looks like: no
+/// reset, no answer), and new connections get no further than the handshake; `thaw` lets new
+/// connections through again, while the ones frozen stay frozen.
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
+    frozen: Arc<AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy on a free loopback port in front of `target` (`host:port`).
+    pub(crate) async fn start(target: &str) -> Self {
+        Self::start_on(0, target).await
+    }
+
+    /// A proxy on loopback `port` in front of `target`.
+    pub(crate) async fn start_on(port: u16, target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("proxy port free");
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let connections: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let task = {
+            let (frozen, connections, target) =
+                (frozen.clone(), connections.clone(), target.to_owned());
+            tokio::spawn(async move {
+                // Dropped with the accept loop, so aborting it ends every connection.
+                let mut pipes = tokio::task::JoinSet::new();
+                while let Ok((client, _)) = listener.accept().await {
+                    let this = Arc::new(AtomicBool::new(frozen.load(Ordering::SeqCst)));
+                    connections.lock().unwrap().push(this.clone());
+                    let target = target.clone();
+                    pipes.spawn(async move {
+                        if this.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        tokio::join!(
+                            pipe(client_read, server_write, this.clone()),
+                            pipe(server_read, client_write, this),
+                        );
+                    });
+                }
+            })
+        };
+        Self {
+            port,
+            frozen,
+            connections,
+            task,
+        }
+    }
+
+    pub(crate) fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().iter() {
+            connection.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// How many connections it has taken so far.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+
+    /// A pool of `pool`'s database through this proxy.
+    pub(crate) fn pool(&self, pool: &PgPool) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect_lazy_with(pool.connect_options().as_ref().clone().port(self.port))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        if frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Frozen while this read waited: what it got is swallowed, as a dead link would.
+        if frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The value of the first sample of `metrics` (Prometheus text) whose line starts with
+/// `prefix`, e.g. `rooms_sync_ingest_flusher_restarts_total`; `None` when there is none.
+pub(crate) fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+impl TestApp {
+    /// The admin listener's `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }

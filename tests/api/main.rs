@@ -15,6 +15,7 @@ mod end_to_end;
 mod health;
 mod helpers;
 mod status;
+mod stress;
 mod sync;
 mod upkeep;
 mod webhook;

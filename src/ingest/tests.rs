@@ -1,0 +1,170 @@
+use std::sync::Arc;
+use std::time::Instant;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::*;
+use crate::graph::notification::parse_notification_collection;
+use crate::metrics::Metrics;
+
+const GRAPH_CREATED: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/graph/change-created.json"
+));
+
+fn graph(item: &str) -> (Delivery, usize) {
+    let body = String::from_utf8(GRAPH_CREATED.to_vec())
+        .unwrap()
+        .replace("AAMkAGF1cm9yYS1ldnQtMDAxAA==", item);
+    let items = parse_notification_collection(body.as_bytes()).unwrap();
+    (Delivery::graph(items, body.as_bytes()), body.len())
+}
+
+struct Running {
+    ingestor: Ingestor,
+    metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+fn start(pool: &PgPool, limits: IngestLimits) -> Running {
+    let metrics = Arc::new(Metrics::new());
+    let tasks = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let ingestor = Ingestor::start(
+        Connect {
+            options: db::ingest_connect_options(pool, limits.round_trip * 2),
+            timeout: Duration::from_secs(2),
+        },
+        IngestOptions {
+            ews_unknown_grace: Duration::from_secs(60),
+            limits,
+        },
+        Arc::clone(&metrics),
+        Arc::new(Notify::new()),
+        &tasks,
+        stop.clone(),
+    );
+    tasks.close();
+    Running {
+        ingestor,
+        metrics,
+        tasks,
+        stop,
+    }
+}
+
+impl Running {
+    async fn submit(&self, item: &str) -> Result<Ack, IngestError> {
+        let (delivery, bytes) = graph(item);
+        let reservation = self.ingestor.reserve(bytes)?;
+        self.ingestor
+            .submit(delivery, reservation, Instant::now())
+            .await
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+#[sqlx::test]
+async fn flushers_that_panic_are_restarted_and_their_deliveries_answered_as_lost(pool: PgPool) {
+    let running = start(&pool, IngestLimits::default());
+    // Every flusher panics once: without a restart none would be left to store anything.
+    running.ingestor.panic_on_next(FLUSHERS);
+    for n in 0..FLUSHERS {
+        let outcome = running.submit(&format!("ITEM-PANIC-{n}")).await;
+        assert!(matches!(outcome, Err(IngestError::Lost)), "{outcome:?}");
+    }
+    let outcome = running.submit("ITEM-AFTER").await;
+    assert!(matches!(outcome, Ok(Ack::Graph)), "{outcome:?}");
+    assert_eq!(
+        running.metrics.ingest_flusher_restarts.get(),
+        FLUSHERS as u64
+    );
+    let stored: Vec<String> = sqlx::query_scalar("select item_id from notification_events")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec!["ITEM-AFTER".to_owned()]);
+    running.stop().await;
+}
+
+#[sqlx::test]
+async fn the_queue_takes_no_more_body_bytes_than_its_budget(pool: PgPool) {
+    let running = start(
+        &pool,
+        IngestLimits {
+            queue_bytes: 10_000,
+            ..IngestLimits::default()
+        },
+    );
+    let first = running.ingestor.reserve(6_000).unwrap();
+    assert!(matches!(
+        running.ingestor.reserve(6_000),
+        Err(IngestError::Overloaded)
+    ));
+    let second = running.ingestor.reserve(4_000).unwrap();
+    assert!(matches!(
+        running.ingestor.reserve(1),
+        Err(IngestError::Overloaded)
+    ));
+    drop(first);
+    // A body larger than the whole budget still gets in once the queue is empty.
+    assert!(matches!(
+        running.ingestor.reserve(50_000),
+        Err(IngestError::Overloaded)
+    ));
+    drop(second);
+    let huge = running.ingestor.reserve(50_000).unwrap();
+    drop(huge);
+    // A reservation is given back once its delivery is answered.
+    for n in 0..5 {
+        let (delivery, _) = graph(&format!("ITEM-{n}"));
+        let reservation = running.ingestor.reserve(9_000).unwrap();
+        let ack = running
+            .ingestor
+            .submit(delivery, reservation, Instant::now())
+            .await;
+        assert!(matches!(ack, Ok(Ack::Graph)), "{ack:?}");
+    }
+    running.stop().await;
+}
+
+#[test]
+fn event_kinds_from_input_never_become_metric_labels() {
+    use crate::ews::EventKind;
+    use crate::graph::notification::GraphKind;
+    let ews = [
+        EventKind::Copied,
+        EventKind::Created,
+        EventKind::Deleted,
+        EventKind::Modified,
+        EventKind::Moved,
+        EventKind::NewMail,
+        EventKind::Status,
+        EventKind::FreeBusyChanged,
+    ];
+    for kind in ews {
+        assert_eq!(kind_label(kind.as_str()), kind.as_str());
+    }
+    let graph = [
+        GraphKind::Created,
+        GraphKind::Updated,
+        GraphKind::Deleted,
+        GraphKind::ReauthorizationRequired,
+        GraphKind::SubscriptionRemoved,
+        GraphKind::Missed,
+    ];
+    for kind in graph {
+        assert_eq!(kind_label(kind.as_str()), kind.as_str());
+    }
+    for invented in ["unknown_future_value", "unknown", "unknown_created", "x"] {
+        assert_eq!(kind_label(invented), "other");
+    }
+}
