@@ -800,6 +800,24 @@ async fn ews_server_busy_is_honoured(pool: PgPool) {
         |r| !r.deleted,
     )
     .await;
+    // Every EWS call for the room after a busy answer waits out its 700 ms back-off.
+    let requests: Vec<_> = sim
+        .control()
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/EWS/") && r.anchor_mailbox.as_deref() == Some(ROOM))
+        .collect();
+    let busy: Vec<_> = requests.iter().filter(|r| r.status == 500).collect();
+    assert_eq!(busy.len(), 2, "both busy answers were met");
+    for b in busy {
+        if let Some(next) = requests.iter().find(|r| r.at > b.at) {
+            assert!(
+                next.at - b.at >= TimeDelta::milliseconds(650),
+                "an EWS call {:?} after ErrorServerBusy asked for 700 ms",
+                next.at - b.at
+            );
+        }
+    }
     app.stop().await;
     stop.cancel();
 }
