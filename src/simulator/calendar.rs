@@ -860,10 +860,33 @@ impl Calendars {
                 "a meeting must end after it starts".to_owned(),
             ));
         }
+        self.change_occurrence(
+            room,
+            master,
+            index,
+            |item| check_no_crossing(item, index, start),
+            |e| {
+                e.start = start;
+                e.end = end;
+            },
+        )
+    }
+
+    /// Makes occurrence `index` an exception (if it is not one yet) once `check` passes, and
+    /// applies `change` to it as a new version; returns the change and the occurrence's
+    /// (unchanged) id.
+    fn change_occurrence(
+        &mut self,
+        room: &str,
+        master: &str,
+        index: u32,
+        check: impl FnOnce(&Item) -> Result<(), SimError>,
+        change: impl FnOnce(&mut Exception),
+    ) -> Result<(Applied, String), SimError> {
         let mut id = String::new();
         let applied = self.update_touching(room, master, |item| {
             let occurrence = item.live_occurrence(index)?;
-            check_no_crossing(item, index, start)?;
+            check(item)?;
             id = occurrence.id;
             let now = Utc::now();
             let exception = item.exceptions.entry(index).or_insert_with(|| Exception {
@@ -873,8 +896,7 @@ impl Calendars {
                 version: 0,
                 modified_at: now,
             });
-            exception.start = start;
-            exception.end = end;
+            change(exception);
             exception.version += 1;
             exception.modified_at = now;
             Ok(Touched::Occurrences(vec![index]))
@@ -889,24 +911,7 @@ impl Calendars {
         master: &str,
         index: u32,
     ) -> Result<(Applied, String), SimError> {
-        let mut id = String::new();
-        let applied = self.update_touching(room, master, |item| {
-            let occurrence = item.live_occurrence(index)?;
-            id = occurrence.id;
-            let now = Utc::now();
-            let exception = item.exceptions.entry(index).or_insert_with(|| Exception {
-                start: occurrence.start,
-                end: occurrence.end,
-                cancelled: false,
-                version: 0,
-                modified_at: now,
-            });
-            exception.cancelled = true;
-            exception.version += 1;
-            exception.modified_at = now;
-            Ok(Touched::Occurrences(vec![index]))
-        })?;
-        Ok((applied, id))
+        self.change_occurrence(room, master, index, |_| Ok(()), |e| e.cancelled = true)
     }
 
     /// Removes occurrence `index` from its series (it joins the master's deleted

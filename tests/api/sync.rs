@@ -776,6 +776,16 @@ async fn graph_throttling_is_honoured_and_costs_no_attempt(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(dead, 0);
+    drained(&pool).await;
+    // A throttled round hands its events back without counting it as an attempt.
+    let most: i32 = sqlx::query_scalar(
+        "select max(attempts) from notification_events where kind not in ('status')
+           and reject_reason is null",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(most, 1, "waiting out a 429 is not an attempt");
     app.stop().await;
     stop.cancel();
 }

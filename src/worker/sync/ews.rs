@@ -206,22 +206,14 @@ async fn full_round(
         .collect();
     let listed = calendar_view(syncer, claim, window).await?;
     let ids: Vec<&str> = listed.iter().map(|i| i.id.as_str()).collect();
-    let uid_of: HashMap<&str, Option<&str>> = listed
-        .iter()
-        .map(|i| (i.id.as_str(), i.uid.as_deref()))
-        .collect();
     let mut upserts = Vec::with_capacity(ids.len());
-    for (id, fetched) in get_items(syncer, claim, &ids).await? {
+    for (_, fetched) in get_items(syncer, claim, &ids).await? {
         let Read::Item(item) = fetched else {
             continue;
         };
-        let uid = item
-            .uid
-            .as_deref()
-            .or_else(|| uid_of.get(id.as_str()).copied().flatten());
         let master = match item.calendar_item_type {
             Some(CalendarItemType::Occurrence | CalendarItemType::Exception) => {
-                uid.and_then(|u| masters.get(u).copied())
+                item.uid.as_deref().and_then(|u| masters.get(u).copied())
             }
             _ => None,
         };

@@ -397,7 +397,9 @@ impl Syncer {
         }
         let backend = fetched.cursor.backend;
         let mut written = 0;
-        if db::reservations::has_foreign_rows(&mut *tx, claim.id, backend).await? {
+        // Rows read through the other backend are met by the full round that follows a
+        // backend move (its cursor belongs to the other API), so only full rounds look.
+        if fetched.full && db::reservations::has_foreign_rows(&mut *tx, claim.id, backend).await? {
             written +=
                 db::reservations::adopt(&mut *tx, claim.id, backend, &changes.upserts).await?;
         }
