@@ -2,17 +2,23 @@
 //! itself does on this machine.
 //!
 //! One run: (1) pgbench's durable single-row INSERT rate for a ~600-byte jsonb row at 64 clients;
-//! (2) the real `rooms-sync serve` binary (spawned, so its RSS is its own) driven by 64 keep-alive
-//! connections of valid Graph notifications (one per POST, unique items, known subscriptions with
-//! the right clientState), closed loop for the maximum rate, then an open-model constant rate at
-//! half of it, then that rate without and with 300 slowloris clients holding connections open
-//! (trickling a header line a second), alternated three times, with the ratio of the median
-//! p99s; (3) the same for EWS (one subscription per connection, a continuous watermark
-//! chain); (4) the validation handshake echo. It prints acks/s, latency percentiles, errors,
-//! rows stored vs acknowledged, the service's RSS, and acks/s ÷ pgbench rate.
+//! (2) the real `rooms-sync serve` binary (spawned, so its RSS is its own) at production's log
+//! level (no `RUST_LOG`, stderr to a file), once with `LogFormat=text` and once with `json`,
+//! driven by 64 keep-alive connections of valid Graph notifications (one per POST, unique items,
+//! known subscriptions with the right clientState), closed loop for the maximum rate, then an
+//! open-model constant rate at half of it; in the text round also that rate without and with
+//! 300 slowloris clients holding connections open (trickling a header line a second),
+//! alternated three times, with the ratio of the median p99s; (3) the same for EWS (one
+//! subscription per connection, a continuous watermark chain); (4) the validation handshake
+//! echo. It prints acks/s, latency percentiles, errors, rows stored vs acknowledged, CPU per ack
+//! of the service and of Postgres (backends of other databases excluded), the service's RSS,
+//! acks/s ÷ pgbench rate, and a summary table against the targets.
 //!
 //! `cargo bench --bench ingest` (Postgres at $DATABASE_URL's server, default 127.0.0.1:5432).
-//! `BENCH_SECONDS` sets each phase's length (default 10).
+//! `BENCH_SECONDS` sets each phase's length (default 10). `BENCH_SERVICE_BIN` runs another
+//! build of the service under this harness (an earlier commit's, for before/after figures).
+//! `BENCH_ONLY=graph|ews|validation` runs one phase against a service whose pid is printed, for
+//! a profiler (`perf record -p PID`).
 
 #![expect(
     clippy::unwrap_used,
@@ -85,78 +91,235 @@ async fn run() {
         .unwrap();
     let db_url = format!("{}/{name}", server_url());
 
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        profile_one(&db_url, &only, seconds).await;
+        sqlx::query(&format!("drop database if exists {name} with (force)"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        return;
+    }
     println!("# rooms-sync ingest benchmark ({seconds} s per phase, {CONNECTIONS} connections)");
     hostile_bodies();
     let pgbench = pgbench_rate(&db_url, seconds);
     println!("pgbench durable 1-row INSERT, ~600 B jsonb, 64 clients: {pgbench:.0} rows/s");
 
-    let mut service = Service::start(&db_url).await;
+    migrate(&db_url);
     let pool = PgPool::connect(&db_url).await.unwrap();
     let graph_subs = seed_graph(&pool).await;
     let ews_subs = seed_ews(&pool).await;
+    let logs = std::env::temp_dir().join(format!("rooms-sync-bench-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).unwrap();
 
-    // Warm-up: connections, prepared statements, allocator.
-    let _ = drive(
-        &service,
-        Load::Graph(graph_subs.clone()),
-        Mode::Closed,
-        2,
-        1_000_000,
-        &pool,
-    )
-    .await;
+    // Production's log level (no RUST_LOG: the built-in default filter), in both formats: a
+    // request's log line is part of what an acknowledgement costs.
+    let mut summary = Vec::new();
+    for (round, format) in ["text", "json"].into_iter().enumerate() {
+        let log_file = logs.join(format!("service-{format}.log"));
+        let mut service = Service::start(&db_url, format, &log_file).await;
+        let base = 100_000_000 * round as u64;
+        println!("\n# service with LogFormat={format}, default log filter, stderr to a file");
+        // Warm-up: connections, prepared statements, allocator.
+        let _ = drive(
+            &service,
+            Load::Graph(graph_subs.clone()),
+            Mode::Closed,
+            2,
+            base + 1_000_000,
+            &pool,
+        )
+        .await;
+        let log_before = file_len(&log_file);
+        let max = drive(
+            &service,
+            Load::Graph(graph_subs.clone()),
+            Mode::Closed,
+            seconds,
+            base + 2_000_000,
+            &pool,
+        )
+        .await;
+        max.print("graph, closed loop (max rate)", pgbench, &mut service);
+        println!(
+            "log bytes per ack: {:.0}",
+            (file_len(&log_file) - log_before) as f64 / max.acks.max(1) as f64
+        );
+        let half_rate = (max.acks_per_second() / 2.0).max(100.0);
+        let half = drive(
+            &service,
+            Load::Graph(graph_subs.clone()),
+            Mode::Open { rate: half_rate },
+            seconds,
+            base + 4_000_000,
+            &pool,
+        )
+        .await;
+        half.print(
+            &format!("graph, open model at {half_rate:.0}/s (half of max)"),
+            pgbench,
+            &mut service,
+        );
+        if round == 0 {
+            slowloris(&service, &graph_subs, half_rate, seconds, &pool).await;
+        }
+        let ews = drive(
+            &service,
+            Load::Ews(ews_subs.clone()),
+            Mode::Closed,
+            seconds,
+            base + 6_000_000,
+            &pool,
+        )
+        .await;
+        ews.print("ews, closed loop (max rate)", pgbench, &mut service);
+        let ews_half_rate = (ews.acks_per_second() / 2.0).max(100.0);
+        let ews_half = drive(
+            &service,
+            Load::Ews(ews_subs.clone()),
+            Mode::Open {
+                rate: ews_half_rate,
+            },
+            seconds,
+            base + 8_000_000,
+            &pool,
+        )
+        .await;
+        ews_half.print(
+            &format!("ews, open model at {ews_half_rate:.0}/s (half of max)"),
+            pgbench,
+            &mut service,
+        );
+        let validation = drive(
+            &service,
+            Load::Validation,
+            Mode::Open { rate: 2000.0 },
+            seconds.min(5),
+            0,
+            &pool,
+        )
+        .await;
+        validation.print(
+            "validation handshake echo, open model at 2000/s",
+            pgbench,
+            &mut service,
+        );
+        println!(
+            "service peak RSS (VmHWM): {:.1} MiB",
+            service.peak_rss_kib() as f64 / 1024.0
+        );
+        let metrics = reqwest::get(format!("http://{}/metrics", service.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in metrics.lines().filter(|l| {
+            (l.starts_with("rooms_sync_ingest_batch_deliveries_")
+                || l.starts_with("rooms_sync_ingest_commit_duration_seconds_"))
+                && !l.contains("bucket")
+        }) {
+            println!("{line}");
+        }
+        summary.push((format, max, half, ews, ews_half, validation));
+        service.stop();
+    }
 
-    let max = drive(
-        &service,
-        Load::Graph(graph_subs.clone()),
-        Mode::Closed,
-        seconds,
-        2_000_000,
-        &pool,
-    )
-    .await;
-    max.print("graph, closed loop (max rate)", pgbench, &mut service);
-    let half_rate = (max.acks_per_second() / 2.0).max(100.0);
-    let half = drive(
-        &service,
-        Load::Graph(graph_subs.clone()),
-        Mode::Open { rate: half_rate },
-        seconds,
-        4_000_000,
-        &pool,
-    )
-    .await;
-    half.print(
-        &format!("graph, open model at {half_rate:.0}/s (half of max)"),
-        pgbench,
+    println!(
+        "\n# summary (targets: service ≤ 20 µs and postgres ≤ 30 µs CPU per ack at max, acks/s ≥ 1.5× pgbench, p99 ≤ 10 ms at half and ≤ 25 ms at max, no response over 1 s, validation ≤ 10 µs)"
+    );
+    println!(
+        "| log format | load | acks/s (× pgbench) | service µs/ack | postgres µs/ack | p99 max | p99 half | >1 s |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (format, max, half, ews, ews_half, validation) in &summary {
+        for (load, max, half) in [("graph", max, half), ("ews", ews, ews_half)] {
+            let (service_us, postgres_us) = max.cpu_per_ack();
+            println!(
+                "| {format} | {load} | {:.0} ({:.2}×) | {service_us:.1} | {postgres_us:.1} | {:.2} ms | {:.2} ms | {} |",
+                max.acks_per_second(),
+                max.acks_per_second() / pgbench,
+                max.percentile_ms(0.99),
+                half.percentile_ms(0.99),
+                max.over_1s() + half.over_1s(),
+            );
+        }
+        println!(
+            "| {format} | validation echo | {:.0} | {:.1} | | {:.2} ms | | {} |",
+            validation.acks_per_second(),
+            validation.cpu_per_ack().0,
+            validation.percentile_ms(0.99),
+            validation.over_1s(),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+    pool.close().await;
+    sqlx::query(&format!("drop database if exists {name} with (force)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+/// `BENCH_ONLY=graph|ews|validation`: one phase of that load against a service whose pid is
+/// printed first, for attaching a profiler (`perf record -p PID`); the load starts 3 s later.
+/// Graph and EWS run closed loop (max rate), validation at 2000/s as in the full run.
+async fn profile_one(db_url: &str, only: &str, seconds: u64) {
+    migrate(db_url);
+    let pool = PgPool::connect(db_url).await.unwrap();
+    let (load, mode) = match only {
+        "graph" => (Load::Graph(seed_graph(&pool).await), Mode::Closed),
+        "ews" => (Load::Ews(seed_ews(&pool).await), Mode::Closed),
+        "validation" => (Load::Validation, Mode::Open { rate: 2000.0 }),
+        other => panic!("BENCH_ONLY={other}: expected graph, ews or validation"),
+    };
+    let format = std::env::var("BENCH_LOG_FORMAT").unwrap_or_else(|_| "text".to_owned());
+    let log_file =
+        std::env::temp_dir().join(format!("rooms-sync-bench-{}.log", std::process::id()));
+    let mut service = Service::start(db_url, &format, &log_file).await;
+    println!("service pid {}", service.child.id());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcome = drive(&service, load, mode, seconds, 1_000_000, &pool).await;
+    outcome.print(
+        &format!("{only} only, LogFormat={format}"),
+        f64::NAN,
         &mut service,
     );
+    service.stop();
+    let _ = std::fs::remove_file(&log_file);
+}
 
-    // The same rate without and with slowloris clients holding connections open (trickling a
-    // header line a second), alternated, so that the machine's other load falls on both alike.
+/// The same rate without and with slowloris clients holding connections open (trickling a
+/// header line a second), alternated, so that the machine's other load falls on both alike;
+/// prints the ratio of the median p99s.
+async fn slowloris(
+    service: &Service,
+    graph_subs: &[(String, String)],
+    half_rate: f64,
+    seconds: u64,
+    pool: &PgPool,
+) {
     println!(
         "\n## graph, open model at {half_rate:.0}/s without and with {SLOW_CONNECTIONS} slowloris connections"
     );
     let (mut plain_p99, mut slowed_p99) = (Vec::new(), Vec::new());
     for round in 0..3_u64 {
         let plain = drive(
-            &service,
-            Load::Graph(graph_subs.clone()),
+            service,
+            Load::Graph(graph_subs.to_vec()),
             Mode::Open { rate: half_rate },
             seconds,
             10_000_000 + round * 2_000_000,
-            &pool,
+            pool,
         )
         .await;
         let slow = Slowloris::start(&service.addr, SLOW_CONNECTIONS);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let slowed = drive(
-            &service,
-            Load::Graph(graph_subs.clone()),
+            service,
+            Load::Graph(graph_subs.to_vec()),
             Mode::Open { rate: half_rate },
             seconds,
             11_000_000 + round * 2_000_000,
-            &pool,
+            pool,
         )
         .await;
         let (open, opened) = slow.stop().await;
@@ -180,73 +343,10 @@ async fn run() {
         "median p99 without {plain:.2} ms, with {slowed:.2} ms: ratio {:.2}",
         slowed / plain.max(0.001)
     );
+}
 
-    let ews = drive(
-        &service,
-        Load::Ews(ews_subs.clone()),
-        Mode::Closed,
-        seconds,
-        6_000_000,
-        &pool,
-    )
-    .await;
-    ews.print("ews, closed loop (max rate)", pgbench, &mut service);
-    let ews_half_rate = (ews.acks_per_second() / 2.0).max(100.0);
-    let ews_half = drive(
-        &service,
-        Load::Ews(ews_subs),
-        Mode::Open {
-            rate: ews_half_rate,
-        },
-        seconds,
-        8_000_000,
-        &pool,
-    )
-    .await;
-    ews_half.print(
-        &format!("ews, open model at {ews_half_rate:.0}/s (half of max)"),
-        pgbench,
-        &mut service,
-    );
-
-    let validation = drive(
-        &service,
-        Load::Validation,
-        Mode::Open { rate: 2000.0 },
-        seconds.min(5),
-        0,
-        &pool,
-    )
-    .await;
-    validation.print(
-        "validation handshake echo, open model at 2000/s",
-        pgbench,
-        &mut service,
-    );
-
-    println!(
-        "service peak RSS (VmHWM): {:.1} MiB",
-        service.peak_rss_kib() as f64 / 1024.0
-    );
-    let metrics = reqwest::get(format!("http://{}/metrics", service.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for line in metrics.lines().filter(|l| {
-        (l.starts_with("rooms_sync_ingest_batch_deliveries_")
-            || l.starts_with("rooms_sync_ingest_commit_duration_seconds_"))
-            && !l.contains("bucket")
-    }) {
-        println!("{line}");
-    }
-    service.stop();
-    pool.close().await;
-    sqlx::query(&format!("drop database if exists {name} with (force)"))
-        .execute(&admin)
-        .await
-        .unwrap();
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Parser work spent refusing hostile bodies (a DTD with nested entities, deep nesting).
@@ -335,20 +435,41 @@ fn pgbench_rate(db_url: &str, seconds: u64) -> f64 {
         .expect("pgbench printed tps")
 }
 
+/// The service binary: this build's, or `BENCH_SERVICE_BIN` (an earlier commit's build, for
+/// before/after figures under the same harness).
+fn service_binary() -> std::ffi::OsString {
+    std::env::var_os("BENCH_SERVICE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_rooms-sync").into())
+}
+
+/// Creates the service's tables in `db_url` with its own `migrate` command.
+fn migrate(db_url: &str) {
+    let status = Command::new(service_binary())
+        .arg("migrate")
+        .env_clear()
+        .env("DatabaseUrl", db_url)
+        .env("IdpRootUrl", "https://bench.example")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "rooms-sync migrate failed");
+}
+
 /// The real binary, spawned.
 struct Service {
     child: Child,
     addr: String,
     admin: String,
+    /// The database it stores into: Postgres backends of other databases are not its cost.
+    database: String,
     peak_rss_kib: u64,
 }
 
 impl Service {
-    async fn start(db_url: &str) -> Self {
+    async fn start(db_url: &str, log_format: &str, log_file: &std::path::Path) -> Self {
         let port = free_port();
         let admin = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_rooms-sync"))
+        let child = Command::new(service_binary())
             .arg("serve")
             .env_clear()
             .env("DatabaseUrl", db_url)
@@ -357,9 +478,9 @@ impl Service {
             .env("IdpRootUrl", "https://bench.example")
             .env("ServiceRoles", "web")
             .env("EwsUnknownSubscriptionGraceSeconds", "0")
-            .env("RUST_LOG", "warn")
+            .env("LogFormat", log_format)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(log_file).unwrap())
             .spawn()
             .unwrap();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -377,6 +498,7 @@ impl Service {
             child,
             addr,
             admin: format!("127.0.0.1:{admin}"),
+            database: db_url.rsplit('/').next().unwrap_or_default().to_owned(),
             peak_rss_kib: 0,
         }
     }
@@ -456,14 +578,28 @@ struct CpuSample {
 }
 
 impl CpuSample {
-    fn now(service_pid: u32) -> Self {
+    fn now(service_pid: u32, database: &str) -> Self {
         let own = std::process::id();
         Self {
             service: cpu_seconds(&|pid, _| pid == service_pid),
-            postgres: cpu_seconds(&|_, comm| comm == "postgres"),
+            postgres: cpu_seconds(&|pid, comm| {
+                comm == "postgres" && !other_database(pid, database)
+            }),
             client: cpu_seconds(&|pid, _| pid == own),
         }
     }
+}
+
+/// Whether `pid` is a Postgres backend serving a client of a database other than `database`
+/// (other work on the machine, such as a test suite, must not count as the service's cost).
+/// Background processes (WAL writer, checkpointer, autovacuum) count.
+fn other_database(pid: u32, database: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let client_backend = cmdline.contains("127.0.0.1(") || cmdline.contains("[local]");
+    client_backend && !cmdline.split_whitespace().any(|word| word == database)
 }
 
 fn free_port() -> u16 {
@@ -512,8 +648,22 @@ impl Outcome {
         f64::from(self.latencies_us[i]) / 1000.0
     }
 
+    fn over_1s(&self) -> usize {
+        self.latencies_us.iter().filter(|&&l| l > 1_000_000).count()
+    }
+
+    /// CPU µs per acknowledgement of the service and of Postgres over the phase.
+    fn cpu_per_ack(&self) -> (f64, f64) {
+        let (before, after) = self.cpu;
+        let per_ack = |a: f64, b: f64| (b - a) * 1e6 / (self.acks.max(1) as f64);
+        (
+            per_ack(before.service, after.service),
+            per_ack(before.postgres, after.postgres),
+        )
+    }
+
     fn print(&self, title: &str, pgbench: f64, service: &mut Service) {
-        let over_1s = self.latencies_us.iter().filter(|&&l| l > 1_000_000).count();
+        let over_1s = self.over_1s();
         println!("\n## {title}");
         println!(
             "acks/s {:.0} | p50 {:.2} ms | p99 {:.2} ms | max {:.2} ms | >1 s: {over_1s} | errors {}",
@@ -699,7 +849,7 @@ async fn drive(
         .fetch_one(pool)
         .await
         .unwrap();
-    let cpu_before = CpuSample::now(service.child.id());
+    let cpu_before = CpuSample::now(service.child.id(), &service.database);
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -789,7 +939,7 @@ async fn drive(
         latencies_us.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = CpuSample::now(service.child.id());
+    let cpu_after = CpuSample::now(service.child.id(), &service.database);
     latencies_us.sort_unstable();
     let rows_after: i64 = sqlx::query_scalar("select count(*) from notification_events")
         .fetch_one(pool)
