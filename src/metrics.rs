@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 /// Labels of an HTTP request: the matched route (never the raw path) and the status code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub route: String,
+    pub route: &'static str,
     pub status: u16,
 }
 

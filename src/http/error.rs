@@ -1,8 +1,11 @@
 //! The one error type of the HTTP edge. Client errors answer with a short plain-text reason;
-//! server errors answer with a generic body and are logged here, once.
+//! server errors answer with a generic body, and their cause is logged once, on the request's
+//! log line (the response carries it there as an [`ErrorDetail`]).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+use super::observe::ErrorDetail;
 
 /// What a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -29,42 +32,34 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, body) = match &self {
-            Self::BadRequest(reason) => (StatusCode::BAD_REQUEST, reason.clone()),
+        // The cause of a 5xx goes to the request's log line (see `observe`), not to the body.
+        let (status, body, detail) = match &self {
+            Self::BadRequest(reason) => (StatusCode::BAD_REQUEST, reason.clone(), None),
             Self::UnsupportedMediaType(reason) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, reason.clone())
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, reason.clone(), None)
             }
-            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
-            Self::Forbidden => (StatusCode::FORBIDDEN, self.to_string()),
-            Self::Unavailable(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "request failed: database unavailable"
-                );
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service unavailable, retry later".to_owned(),
-                )
-            }
-            Self::NotReady(reason) => {
-                tracing::debug!(reason, "request refused: not ready");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service unavailable, retry later".to_owned(),
-                )
-            }
-            Self::Internal(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "request failed: internal error"
-                );
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal server error".to_owned(),
-                )
-            }
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string(), None),
+            Self::Forbidden => (StatusCode::FORBIDDEN, self.to_string(), None),
+            Self::Unavailable(error) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable, retry later".to_owned(),
+                Some(format!("database unavailable: {error:#}")),
+            ),
+            Self::NotReady(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable, retry later".to_owned(),
+                Some((*reason).to_owned()),
+            ),
+            Self::Internal(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error".to_owned(),
+                Some(format!("internal error: {error:#}")),
+            ),
         };
         let mut response = (status, body).into_response();
+        if let Some(detail) = detail {
+            response.extensions_mut().insert(ErrorDetail(detail));
+        }
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -3,18 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 
-use super::{ApiError, AppState};
-
-/// The caller's address as the service believes it; `None` when a trusted proxy forwarded an
-/// address that does not parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ClientIp(pub(crate) Option<IpAddr>);
+use super::ApiError;
+use crate::config::HttpSettings;
 
 /// Walks `X-Forwarded-For` right to left from the peer, skipping trusted proxies; the first
 /// untrusted hop is the client. Hops a client wrote itself (left of the first untrusted one)
@@ -48,27 +41,30 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
-/// Refuses callers outside `WebhookAllowedIpRanges` with 403 before anything else happens.
-pub(super) async fn guard(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let http = &state.settings.http;
-    let client = client_ip(peer.ip(), request.headers(), &http.trusted_proxy_ranges);
-    let allowed = http.webhook_allowed_ip_ranges.is_empty()
-        || client.is_some_and(|ip| {
-            http.webhook_allowed_ip_ranges
-                .iter()
-                .any(|n| n.contains(&ip))
-        });
-    if !allowed {
-        tracing::warn!(peer = %peer.ip(), client = ?client, "webhook call from a source outside WebhookAllowedIpRanges");
-        return ApiError::Forbidden.into_response();
+/// Refuses callers outside `WebhookAllowedIpRanges` with 403; the webhook calls it before
+/// anything else, so a refused caller's body is never read.
+/// A request whose peer is unknown (not from a listener) is refused when an allow-list is set.
+pub(super) fn check(
+    http: &HttpSettings,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if http.webhook_allowed_ip_ranges.is_empty() {
+        return Ok(());
     }
-    request.extensions_mut().insert(ClientIp(client));
-    next.run(request).await
+    let Some(peer) = peer else {
+        return Err(ApiError::Forbidden);
+    };
+    let client = client_ip(peer.ip(), headers, &http.trusted_proxy_ranges);
+    if client.is_some_and(|ip| {
+        http.webhook_allowed_ip_ranges
+            .iter()
+            .any(|n| n.contains(&ip))
+    }) {
+        return Ok(());
+    }
+    tracing::warn!(peer = %peer.ip(), client = ?client, "webhook call from a source outside WebhookAllowedIpRanges");
+    Err(ApiError::Forbidden)
 }
 
 #[cfg(test)]

@@ -7,31 +7,24 @@
 //! parsed: a handler waiting for its commit holds only the parsed delivery.
 
 use std::error::Error as _;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use tower_http::limit::RequestBodyLimitLayer;
 
 use super::{ApiError, AppState, WEBHOOK_PATH, source};
 use crate::ews::{parse_send_notification, send_notification_result};
 use crate::graph::notification::{parse_notification_collection, validation_token};
 use crate::ingest::{Ack, Delivery, IngestError};
 
-pub(super) fn router(state: &AppState) -> Router<AppState> {
-    let limit = state.settings.http.webhook_max_body_bytes;
+pub(super) fn router() -> Router<AppState> {
     // Only POST is routed: axum answers every other method with 405 and `Allow: POST`.
-    // The source check wraps everything else, so a refused caller's body is never read.
-    Router::new()
-        .route(WEBHOOK_PATH, post(receive))
-        .route_layer(RequestBodyLimitLayer::new(limit))
-        .route_layer(DefaultBodyLimit::disable())
-        .route_layer(middleware::from_fn_with_state(state.clone(), source::guard))
+    Router::new().route(WEBHOOK_PATH, post(receive))
 }
 
 /// Which protocol a POST speaks, by its content type.
@@ -67,6 +60,12 @@ fn protocol(headers: &HeaderMap) -> Result<Protocol, ApiError> {
 
 async fn receive(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
+    // The source check comes first, so a refused caller's body is never read.
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer);
+    source::check(&state.settings.http, peer, request.headers())?;
     // Graph's handshake: echo the token, touching neither the body nor the database, so it
     // answers even while Postgres is down or every pooled connection is busy.
     if let Some(token) = validation_token(request.uri().query().unwrap_or(""))
@@ -84,6 +83,10 @@ async fn receive(State(state): State<AppState>, request: Request) -> Result<Resp
     }
     let protocol = protocol(request.headers())?;
     let limit = state.settings.http.webhook_max_body_bytes;
+    // A declared length over the limit is refused before any of the body is read.
+    if content_length(request.headers()).is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
     let body = read_body(request.into_body(), limit).await?;
     let reservation = state
         .ingestor
@@ -92,12 +95,10 @@ async fn receive(State(state): State<AppState>, request: Request) -> Result<Resp
     let delivery = match protocol {
         Protocol::Ews => Delivery::ews(
             parse_send_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?,
-            &body,
         ),
         Protocol::Graph => Delivery::graph(
             parse_notification_collection(&body)
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?,
-            &body,
         ),
     };
     drop(body);
@@ -119,6 +120,16 @@ async fn receive(State(state): State<AppState>, request: Request) -> Result<Resp
             .into_response(),
         Ack::Graph => StatusCode::ACCEPTED.into_response(),
     })
+}
+
+/// The `Content-Length` a request declares, when it declares one that parses.
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Reads the whole body, refusing with 413 as soon as it passes `limit` (nothing past the limit

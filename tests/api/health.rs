@@ -114,7 +114,10 @@ async fn every_response_carries_a_request_id_and_keeps_the_callers(pool: PgPool)
         .unwrap()
         .to_str()
         .unwrap();
-    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    assert_eq!(generated.len(), 25, "prefix-counter: {generated}");
+    let second = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let second = second.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(generated, second, "ids are unique");
     let response = app
         .client
         .get(app.url("/healthz"))
