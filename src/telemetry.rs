@@ -3,6 +3,8 @@
 //! Logs go to stderr (stdout is reserved for command output such as `rooms-sync config`), as
 //! JSON lines in production or compact text for people, filtered by `RUST_LOG`.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -27,7 +29,12 @@ pub fn init(format: LogFormat, filter: Option<&str>) -> anyhow::Result<()> {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Text => builder.compact().try_init(),
+        // Colour only for a person at a terminal: escape codes in a file or a log collector
+        // are noise.
+        LogFormat::Text => builder
+            .compact()
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     }
     .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
 }

@@ -167,6 +167,24 @@ async fn migrate_creates_the_database_and_a_second_run_changes_nothing() {
 }
 
 #[tokio::test]
+async fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
+    let name = unique_database_name("rooms_sync_cli_plain");
+    let url = format!("{}/{name}", server_url());
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("IdpRootUrl", "https://h.example"),
+        ("DatabaseUrl", url.as_str()),
+        ("LogFormat", "text"),
+    ];
+    let output = binary(dir.path(), &env).arg("migrate").output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let logs = stderr(&output);
+    assert!(logs.contains("migrations are applied"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "escape codes in {logs:?}");
+    drop_database(&name).await;
+}
+
+#[tokio::test]
 async fn serve_creates_a_fresh_database_and_stops_on_sigterm_within_the_drain_bound() {
     let name = unique_database_name("rooms_sync_cli_serve");
     let url = format!("{}/{name}", server_url());
