@@ -26,7 +26,6 @@ pub struct NewEvent {
     pub dedupe_window: Option<Duration>,
     /// JSON text of the event as received.
     pub payload: String,
-    pub body_sha256: Vec<u8>,
 }
 
 /// How many watermarks `subscriptions.recent_watermarks` keeps.
@@ -36,7 +35,7 @@ const RECENT_WATERMARKS: usize = 16;
 /// (skipping redeliveries: same backend, subscription and dedupe key), advances the EWS
 /// watermark chains and records losses reported by Exchange, and stamps Graph subscriptions'
 /// last notification time at most every few seconds (each stamp locks the row until commit).
-/// Returns `(backend, kind)` of the events actually inserted.
+/// Returns how many events of each `(backend, kind)` were actually inserted.
 ///
 /// The watermark chain of a subscription only moves forward. A batch moves it only if it
 /// inserted at least one event of that subscription and does not end on a watermark the chain
@@ -59,7 +58,7 @@ pub async fn store_batch<'c>(
     events: &[NewEvent],
     ews: &[EwsUpdate],
     graph_touched: &[i64],
-) -> Result<Vec<(Backend, String)>, sqlx::Error> {
+) -> Result<Vec<(Backend, String, i64)>, sqlx::Error> {
     retire_lapsed_keys(executor, events).await?;
     insert_batch(executor, events, ews, graph_touched).await
 }
@@ -75,18 +74,18 @@ pub async fn insert_batch<'c>(
     events: &[NewEvent],
     ews: &[EwsUpdate],
     graph_touched: &[i64],
-) -> Result<Vec<(Backend, String)>, sqlx::Error> {
+) -> Result<Vec<(Backend, String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "with inserted as (
              insert into notification_events
                  (backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
-                  status, reject_reason, dedupe_key, payload, body_sha256)
+                  status, reject_reason, dedupe_key, payload)
              select backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
-                    status, reject_reason, dedupe_key, payload::jsonb, body_sha256
+                    status, reject_reason, dedupe_key, payload
              from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
                   as e(backend, remote_subscription_id, subscription_id, mailbox_id, kind,
-                       item_id, status, reject_reason, dedupe_key, payload, body_sha256)
+                       item_id, status, reject_reason, dedupe_key, payload)
              on conflict on constraint notification_events_dedupe_key do nothing
              returning backend, kind, subscription_id
          ),
@@ -99,7 +98,7 @@ pub async fn insert_batch<'c>(
                             case when c.moves
                                  then (array_remove(array[u.last_watermark, u.first_previous],
                                                     null)
-                                       || s.recent_watermarks)[1:$18]
+                                       || s.recent_watermarks)[1:$17]
                                  else s.recent_watermarks end,
                             case when c.applies
                                   and (u.inner_gap
@@ -122,19 +121,19 @@ pub async fn insert_batch<'c>(
                                 else s.lost_at end,
                  lost_reason = coalesce(u.lost_reason, s.lost_reason),
                  updated_at = now()
-             from unnest($12::bigint[], $13::text[], $14::text[], $15::bool[], $16::text[])
+             from unnest($11::bigint[], $12::text[], $13::text[], $14::bool[], $15::text[])
                   as u(id, first_previous, last_watermark, inner_gap, lost_reason)
              where s.id = u.id and s.backend = 'ews'
              returning s.id
          ),
          graph as (
              update subscriptions set last_notification_at = now()
-             where id = any($17) and backend = 'graph'
+             where id = any($16) and backend = 'graph'
                and (last_notification_at is null
                     or last_notification_at < now() - interval '5 seconds')
              returning id
          )
-         select backend, kind from inserted",
+         select backend, kind, count(*) from inserted group by backend, kind",
     )
     .bind(
         events
@@ -174,12 +173,6 @@ pub async fn insert_batch<'c>(
         events
             .iter()
             .map(|e| e.payload.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.body_sha256.as_slice())
             .collect::<Vec<_>>(),
     )
     .bind(ews.iter().map(|u| u.subscription_id).collect::<Vec<_>>())
@@ -366,7 +359,7 @@ pub async fn unmatched(
     remote_id: &str,
 ) -> Result<Vec<UnmatchedEvent>, sqlx::Error> {
     sqlx::query_as(
-        "select id, payload->>'clientState' as client_state from notification_events
+        "select id, payload::jsonb->>'clientState' as client_state from notification_events
          where remote_subscription_id = $1 and backend = $2 and subscription_id is null",
     )
     .bind(remote_id)

@@ -7,7 +7,7 @@
 //! subscription created a moment ago is found at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::checkout::{Checkout, StoreError};
@@ -20,7 +20,9 @@ const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub(super) struct SubscriptionCache {
-    entries: Mutex<HashMap<String, (SubscriptionRow, Instant)>>,
+    /// Rows are shared with the lookups that found them: a hit costs a reference count, not a
+    /// copy of the row's strings.
+    entries: Mutex<HashMap<String, (Arc<SubscriptionRow>, Instant)>>,
 }
 
 impl SubscriptionCache {
@@ -31,7 +33,7 @@ impl SubscriptionCache {
         conn: &mut Checkout<'_>,
         limit: Duration,
         remote_ids: &[&str],
-    ) -> Result<HashMap<String, SubscriptionRow>, StoreError> {
+    ) -> Result<HashMap<String, Arc<SubscriptionRow>>, StoreError> {
         let now = Instant::now();
         let mut found = HashMap::with_capacity(remote_ids.len());
         let mut missing = Vec::new();
@@ -43,7 +45,7 @@ impl SubscriptionCache {
             for id in remote_ids {
                 match entries.get(*id) {
                     Some((row, at)) if now.duration_since(*at) < TTL => {
-                        found.insert((*id).to_owned(), row.clone());
+                        found.insert((*id).to_owned(), Arc::clone(row));
                     }
                     _ => missing.push(*id),
                 }
@@ -66,7 +68,8 @@ impl SubscriptionCache {
             entries.retain(|_, (_, at)| now.duration_since(*at) < TTL);
         }
         for row in rows {
-            entries.insert(row.remote_id.clone(), (row.clone(), now));
+            let row = Arc::new(row);
+            entries.insert(row.remote_id.clone(), (Arc::clone(&row), now));
             found.insert(row.remote_id.clone(), row);
         }
         Ok(found)

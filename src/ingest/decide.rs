@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::json;
+use std::sync::Arc;
+
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::IngestOptions;
@@ -33,31 +35,19 @@ pub(super) const REPEAT_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// One webhook POST, parsed.
 #[derive(Debug)]
 pub enum Delivery {
-    Ews {
-        parsed: SendNotification,
-        body_sha256: [u8; 32],
-    },
-    Graph {
-        items: Vec<GraphNotification>,
-        body_sha256: [u8; 32],
-    },
+    Ews { parsed: SendNotification },
+    Graph { items: Vec<GraphNotification> },
 }
 
 impl Delivery {
     #[must_use]
-    pub fn ews(parsed: SendNotification, body: &[u8]) -> Self {
-        Self::Ews {
-            parsed,
-            body_sha256: Sha256::digest(body).into(),
-        }
+    pub fn ews(parsed: SendNotification) -> Self {
+        Self::Ews { parsed }
     }
 
     #[must_use]
-    pub fn graph(items: Vec<GraphNotification>, body: &[u8]) -> Self {
-        Self::Graph {
-            items,
-            body_sha256: Sha256::digest(body).into(),
-        }
+    pub fn graph(items: Vec<GraphNotification>) -> Self {
+        Self::Graph { items }
     }
 
     pub(super) fn event_count(&self) -> usize {
@@ -85,7 +75,7 @@ pub enum Ack {
 /// The subscriptions a batch names, as stored.
 #[derive(Debug, Default)]
 pub(super) struct Lookup {
-    by_remote_id: HashMap<String, SubscriptionRow>,
+    by_remote_id: HashMap<String, Arc<SubscriptionRow>>,
     /// A Subscribe call was made within the grace window: unknown EWS ids are answered OK.
     ews_grace_open: bool,
 }
@@ -150,12 +140,9 @@ pub(super) fn plan(deliveries: &[&Delivery], lookup: &Lookup) -> Plan {
     let mut ews: HashMap<i64, EwsUpdate> = HashMap::new();
     for delivery in deliveries {
         let ack = match delivery {
-            Delivery::Ews {
-                parsed,
-                body_sha256,
-            } => Ack::Ews(plan_ews(parsed, body_sha256, lookup, &mut plan, &mut ews)),
-            Delivery::Graph { items, body_sha256 } => {
-                plan_graph(items, body_sha256, lookup, &mut plan);
+            Delivery::Ews { parsed } => Ack::Ews(plan_ews(parsed, lookup, &mut plan, &mut ews)),
+            Delivery::Graph { items } => {
+                plan_graph(items, lookup, &mut plan);
                 Ack::Graph
             }
         };
@@ -170,7 +157,6 @@ pub(super) fn plan(deliveries: &[&Delivery], lookup: &Lookup) -> Plan {
 
 fn plan_ews(
     parsed: &SendNotification,
-    body_sha256: &[u8; 32],
     lookup: &Lookup,
     plan: &mut Plan,
     updates: &mut HashMap<i64, EwsUpdate>,
@@ -217,7 +203,6 @@ fn plan_ews(
                         dedupe_key: dedupe_key(reject, &key),
                         dedupe_window: None,
                         payload,
-                        body_sha256: body_sha256.to_vec(),
                     });
                 }
                 if let Some(sub) = sub {
@@ -271,12 +256,7 @@ fn plan_ews(
     }
 }
 
-fn plan_graph(
-    items: &[GraphNotification],
-    body_sha256: &[u8; 32],
-    lookup: &Lookup,
-    plan: &mut Plan,
-) {
+fn plan_graph(items: &[GraphNotification], lookup: &Lookup, plan: &mut Plan) {
     for item in items {
         let sub = lookup
             .by_remote_id
@@ -336,40 +316,83 @@ fn plan_graph(
             dedupe_window: (item.kind.is_lifecycle() || !item.names_an_object())
                 .then_some(REPEAT_WINDOW),
             payload: item.raw.get().to_owned(),
-            body_sha256: body_sha256.to_vec(),
         });
     }
 }
 
-/// The stored form of one EWS event, with its notification's context.
-fn ews_payload(n: &crate::ews::Notification, event: &Event) -> String {
-    let object = |o: &Option<ObjectRef>| {
-        o.as_ref().map(|o| {
-            let (kind, r) = match o {
-                ObjectRef::Item(r) => ("item", r),
-                ObjectRef::Folder(r) => ("folder", r),
-            };
-            json!({ "type": kind, "id": r.id, "changeKey": r.change_key })
-        })
-    };
-    let folder = |r: &Option<crate::ews::ItemRef>| {
-        r.as_ref()
-            .map(|r| json!({ "id": r.id, "changeKey": r.change_key }))
-    };
-    json!({
-        "subscriptionId": n.subscription_id,
-        "previousWatermark": n.previous_watermark,
-        "moreEvents": n.more_events,
-        "kind": event.kind.as_str(),
-        "watermark": event.watermark,
-        "timeStamp": event.timestamp,
-        "target": object(&event.target),
-        "parentFolderId": folder(&event.parent_folder_id),
-        "oldTarget": object(&event.old_target),
-        "oldParentFolderId": folder(&event.old_parent_folder_id),
-        "unreadCount": event.unread_count,
+/// The stored form of one EWS event, with its notification's context. Fields are declared in
+/// the order of their names so that the JSON is the same as earlier versions wrote (keys
+/// sorted), which keeps the dedupe key of an event without a watermark stable.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EwsPayload<'a> {
+    kind: &'static str,
+    more_events: bool,
+    old_parent_folder_id: Option<FolderPayload<'a>>,
+    old_target: Option<ObjectPayload<'a>>,
+    parent_folder_id: Option<FolderPayload<'a>>,
+    previous_watermark: Option<&'a str>,
+    subscription_id: &'a str,
+    target: Option<ObjectPayload<'a>>,
+    time_stamp: Option<&'a chrono::DateTime<chrono::Utc>>,
+    unread_count: Option<i32>,
+    watermark: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectPayload<'a> {
+    change_key: Option<&'a str>,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FolderPayload<'a> {
+    change_key: Option<&'a str>,
+    id: &'a str,
+}
+
+fn object_payload(o: Option<&ObjectRef>) -> Option<ObjectPayload<'_>> {
+    o.map(|o| {
+        let (kind, r) = match o {
+            ObjectRef::Item(r) => ("item", r),
+            ObjectRef::Folder(r) => ("folder", r),
+        };
+        ObjectPayload {
+            change_key: r.change_key.as_deref(),
+            id: &r.id,
+            kind,
+        }
     })
-    .to_string()
+}
+
+fn folder_payload(r: Option<&crate::ews::ItemRef>) -> Option<FolderPayload<'_>> {
+    r.map(|r| FolderPayload {
+        change_key: r.change_key.as_deref(),
+        id: &r.id,
+    })
+}
+
+fn ews_payload(n: &crate::ews::Notification, event: &Event) -> String {
+    let (object, folder) = (object_payload, folder_payload);
+    let payload = EwsPayload {
+        kind: event.kind.as_str(),
+        more_events: n.more_events,
+        old_parent_folder_id: folder(event.old_parent_folder_id.as_ref()),
+        old_target: object(event.old_target.as_ref()),
+        parent_folder_id: folder(event.parent_folder_id.as_ref()),
+        previous_watermark: n.previous_watermark.as_deref(),
+        subscription_id: &n.subscription_id,
+        target: object(event.target.as_ref()),
+        time_stamp: event.timestamp.as_ref(),
+        unread_count: event.unread_count,
+        watermark: event.watermark.as_deref(),
+    };
+    // Serialising borrowed strings and numbers cannot fail.
+    serde_json::to_string(&payload).unwrap_or_default()
 }
 
 /// The stored dedupe key: `key` for an event that is acted on, and a key of a namespace of its
@@ -386,12 +409,19 @@ fn dedupe_key(reject: Option<RejectReason>, key: &str) -> String {
 /// Hex SHA-256 over length-prefixed parts: fixed-size keys whatever the input length (a btree
 /// index refuses keys over ~2.7 kB), and no ambiguity between parts.
 fn digest_hex(parts: &[&str]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
-    format!("{:x}", hasher.finalize())
+    // By hand rather than through `format!`, which costs more than the hash on this hot path.
+    let mut hex = String::with_capacity(64);
+    for byte in hasher.finalize() {
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    hex
 }
 
 #[cfg(test)]

@@ -589,14 +589,14 @@ impl Flusher {
         self.metrics
             .ingest_batch_deliveries
             .observe(deliveries.len() as f64);
-        for (backend, kind) in stored {
+        for (backend, kind, count) in stored {
             self.metrics
                 .events_received
                 .get_or_create(&EventLabels {
                     backend: backend.as_str(),
                     kind: kind_label(&kind),
                 })
-                .inc();
+                .inc_by(u64::try_from(count).unwrap_or(0));
         }
         Ok(plan.acks)
     }

@@ -20,7 +20,7 @@ fn graph(item: &str) -> (Delivery, usize) {
         .unwrap()
         .replace("AAMkAGF1cm9yYS1ldnQtMDAxAA==", item);
     let items = parse_notification_collection(body.as_bytes()).unwrap();
-    (Delivery::graph(items, body.as_bytes()), body.len())
+    (Delivery::graph(items), body.len())
 }
 
 struct Running {

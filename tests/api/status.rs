@@ -70,8 +70,8 @@ async fn event(pool: &PgPool, mailbox_id: Option<i64>, status: &str) -> i64 {
     sqlx::query_scalar(
         "insert into notification_events
              (backend, mailbox_id, kind, status, attempts, last_error, dedupe_key, payload,
-              body_sha256, run_at, locked_until)
-         values ('graph', $1, 'updated', $2, $3, $4, md5(random()::text), '{}', '\\x00',
+              run_at, locked_until)
+         values ('graph', $1, 'updated', $2, $3, $4, md5(random()::text), '{}',
                  now() + interval '1 hour', case when $5 then now() + interval '1 hour' end)
          returning id",
     )

@@ -682,9 +682,8 @@ async fn a_crashed_workers_claim_is_taken_over_once_its_lease_expires(pool: PgPo
         .unwrap();
     let mailbox = mailbox_id(&pool).await;
     sqlx::query(
-        "insert into notification_events (backend, mailbox_id, kind, item_id, dedupe_key, payload,
-                                          body_sha256)
-         values ('graph', $1, 'created', $2, 'crash-test', '{}', '\\x00')",
+        "insert into notification_events (backend, mailbox_id, kind, item_id, dedupe_key, payload)
+         values ('graph', $1, 'created', $2, 'crash-test', '{}')",
     )
     .bind(mailbox)
     .bind(key(&sim, "graph", &a))
@@ -855,9 +854,8 @@ async fn events_that_keep_failing_end_dead_with_the_error_and_replay_brings_them
     )
     .await;
     sqlx::query(
-        "insert into notification_events (backend, mailbox_id, kind, item_id, dedupe_key, payload,
-                                          body_sha256)
-         select 'graph', id, 'updated', 'x', 'doomed', '{}', '\\x00' from mailboxes",
+        "insert into notification_events (backend, mailbox_id, kind, item_id, dedupe_key, payload)
+         select 'graph', id, 'updated', 'x', 'doomed', '{}' from mailboxes",
     )
     .execute(&pool)
     .await

@@ -341,7 +341,7 @@ async fn graph_notifications_are_committed_then_answered_202_with_an_empty_body(
     assert_eq!(response.status(), 202);
     assert_eq!(response.bytes().await.unwrap().len(), 0);
     let (kind, status, item, payload): (String, String, Option<String>, serde_json::Value) =
-        sqlx::query_as("select kind, status, item_id, payload from notification_events")
+        sqlx::query_as("select kind, status, item_id, payload::jsonb from notification_events")
             .fetch_one(&pool)
             .await
             .unwrap();
@@ -1230,7 +1230,6 @@ async fn a_batch_that_ends_where_the_stored_chain_has_already_passed_leaves_it_a
         dedupe_key: key.to_owned(),
         dedupe_window: None,
         payload: "{}".to_owned(),
-        body_sha256: vec![0; 32],
     };
     let update = |previous: &str, last: &str| EwsUpdate {
         first_previous: Some(previous.to_owned()),
@@ -1286,7 +1285,6 @@ async fn a_batch_that_waited_for_a_newer_one_judges_the_chain_as_that_one_left_i
                 dedupe_key: "late".to_owned(),
                 dedupe_window: None,
                 payload: "{}".to_owned(),
-                body_sha256: vec![0; 32],
             };
             let update = EwsUpdate {
                 first_previous: Some("W0".to_owned()),

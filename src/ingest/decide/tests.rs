@@ -27,14 +27,11 @@ const GRAPH_SUB: &str = "0d8f2b6a-7c31-4e59-9a42-3f1b6c8d9e01";
 const GRAPH_STATE: &str = "aurora-cs-4f7Qm2xLr9";
 
 fn ews() -> Delivery {
-    Delivery::ews(parse_send_notification(EWS_CREATED).unwrap(), EWS_CREATED)
+    Delivery::ews(parse_send_notification(EWS_CREATED).unwrap())
 }
 
 fn graph() -> Delivery {
-    Delivery::graph(
-        parse_notification_collection(GRAPH_CREATED).unwrap(),
-        GRAPH_CREATED,
-    )
+    Delivery::graph(parse_notification_collection(GRAPH_CREATED).unwrap())
 }
 
 fn sub(
@@ -63,7 +60,10 @@ fn sub(
 
 fn lookup(rows: Vec<SubscriptionRow>, ews_grace_open: bool) -> Lookup {
     Lookup {
-        by_remote_id: rows.into_iter().map(|r| (r.remote_id.clone(), r)).collect(),
+        by_remote_id: rows
+            .into_iter()
+            .map(|r| (r.remote_id.clone(), std::sync::Arc::new(r)))
+            .collect(),
         ews_grace_open,
     }
 }
@@ -116,10 +116,7 @@ fn ews_next(previous: &str, suffix: &str) -> Delivery {
         .replace("AQAAAHJvb20tYS13bS0wMDAz", &format!("WM-3-{suffix}"))
         .replace(EWS_LAST, &format!("WM-4-{suffix}"))
         .replace(EWS_PREVIOUS, previous);
-    Delivery::ews(
-        parse_send_notification(xml.as_bytes()).unwrap(),
-        xml.as_bytes(),
-    )
+    Delivery::ews(parse_send_notification(xml.as_bytes()).unwrap())
 }
 
 #[test]
@@ -189,7 +186,7 @@ fn an_unknown_subscription_is_welcome_within_the_grace_window_and_refused_after(
 fn an_error_class_message_marks_the_subscription_lost_and_is_still_acknowledged() {
     let parsed = parse_send_notification(EWS_ERROR).unwrap();
     let lost_id = parsed.subscription_ids().next().unwrap().to_owned();
-    let delivery = Delivery::ews(parsed, EWS_ERROR);
+    let delivery = Delivery::ews(parsed);
     let plan = plan(
         &[&delivery],
         &lookup(vec![sub(7, &lost_id, "ews", "active", None)], false),
@@ -298,10 +295,7 @@ fn graph_items_that_differ_only_in_client_state_never_share_a_key() {
     let forged_body = String::from_utf8(GRAPH_CREATED.to_vec())
         .unwrap()
         .replace(GRAPH_STATE, "a-forged-state");
-    let forged = Delivery::graph(
-        parse_notification_collection(forged_body.as_bytes()).unwrap(),
-        forged_body.as_bytes(),
-    );
+    let forged = Delivery::graph(parse_notification_collection(forged_body.as_bytes()).unwrap());
     // Unmatched (the subscription is not stored yet): both wait as pending, keyed apart, so
     // the check at match time still finds the genuine one.
     let unmatched = plan(&[&forged, &graph()], &lookup(vec![], false));
@@ -322,10 +316,7 @@ fn graph_items_that_differ_only_in_client_state_never_share_a_key() {
 
 #[test]
 fn lifecycle_items_get_the_repeat_window_and_changes_a_key_for_good() {
-    let delivery = Delivery::graph(
-        parse_notification_collection(GRAPH_LIFECYCLE).unwrap(),
-        GRAPH_LIFECYCLE,
-    );
+    let delivery = Delivery::graph(parse_notification_collection(GRAPH_LIFECYCLE).unwrap());
     let plan = plan(&[&delivery], &lookup(vec![], false));
     let windows: Vec<(&str, Option<Duration>)> = plan
         .events
@@ -346,4 +337,69 @@ fn lifecycle_items_get_the_repeat_window_and_changes_a_key_for_good() {
         "Graph retries for 4 hours"
     );
     assert!(plan.events.iter().all(|e| e.dedupe_key.len() == 64));
+}
+
+/// The EWS payload as versions before the serde struct wrote it, through a `json!` tree.
+fn ews_payload_as_a_json_tree(n: &crate::ews::Notification, event: &Event) -> String {
+    use serde_json::json;
+    let object = |o: &Option<ObjectRef>| {
+        o.as_ref().map(|o| {
+            let (kind, r) = match o {
+                ObjectRef::Item(r) => ("item", r),
+                ObjectRef::Folder(r) => ("folder", r),
+            };
+            json!({ "type": kind, "id": r.id, "changeKey": r.change_key })
+        })
+    };
+    let folder = |r: &Option<crate::ews::ItemRef>| {
+        r.as_ref()
+            .map(|r| json!({ "id": r.id, "changeKey": r.change_key }))
+    };
+    json!({
+        "subscriptionId": n.subscription_id,
+        "previousWatermark": n.previous_watermark,
+        "moreEvents": n.more_events,
+        "kind": event.kind.as_str(),
+        "watermark": event.watermark,
+        "timeStamp": event.timestamp,
+        "target": object(&event.target),
+        "parentFolderId": folder(&event.parent_folder_id),
+        "oldTarget": object(&event.old_target),
+        "oldParentFolderId": folder(&event.old_parent_folder_id),
+        "unreadCount": event.unread_count,
+    })
+    .to_string()
+}
+
+#[test]
+fn the_ews_payload_is_byte_for_byte_what_earlier_versions_stored() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ews");
+    let mut events = 0;
+    for name in [
+        "send-notification-created.xml",
+        "send-notification-deleted.xml",
+        "send-notification-mixed-moreevents.xml",
+        "send-notification-modified-compact.xml",
+        "send-notification-moved.xml",
+        "send-notification-multiple-messages.xml",
+        "send-notification-status.xml",
+    ] {
+        let body = std::fs::read(format!("{fixtures}/{name}")).unwrap();
+        let parsed = parse_send_notification(&body).unwrap();
+        for message in &parsed.messages {
+            let NotificationMessage::Notification(n) = message else {
+                continue;
+            };
+            for event in &n.events {
+                assert_eq!(
+                    ews_payload(n, event),
+                    ews_payload_as_a_json_tree(n, event),
+                    "{name}"
+                );
+                events += 1;
+            }
+        }
+    }
+    // Moved events carry old targets, modified ones unread counts, status ones nothing.
+    assert!(events >= 10, "only {events} events compared");
 }
