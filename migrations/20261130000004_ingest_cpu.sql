@@ -18,3 +18,11 @@ alter table notification_events alter column payload type text using payload::te
 
 -- Nothing claims events by run_at any more: the sync worker claims mailboxes.
 drop index notification_events_claimable;
+
+-- The redelivery key is compared byte for byte: ids and hex digests have no language. Under a
+-- linguistic collation (the database's default) every comparison in the unique index's btree
+-- went through the locale's string collation, on every insert.
+alter table notification_events
+    alter column backend type text collate "C",
+    alter column remote_subscription_id type text collate "C",
+    alter column dedupe_key type text collate "C";
