@@ -107,7 +107,7 @@ async fn every_acknowledged_notification_survives_hundreds_of_kill_9s_and_postgr
     assert!(report.kills >= plan.kills && report.pg_crashes >= plan.pg_crashes);
 }
 
-/// A positive whole number from the environment, else `default`.
+/// A whole number from the environment, else `default`.
 fn knob(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(value) => value
@@ -375,17 +375,19 @@ impl Service {
         command
     }
 
-    fn spawn(&self) -> Child {
+    fn spawn(&self) -> Instance {
         let log = File::options()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        self.command("serve")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        Instance(
+            self.command("serve")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
     }
 
     /// Polls `/readyz` on the admin listener until it answers 200: the time since `spawned`
@@ -425,6 +427,31 @@ impl Service {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// A running `serve`, killed when dropped: a test that fails half-way must not leave it
+/// behind, holding its ports.
+struct Instance(Child);
+
+impl std::ops::Deref for Instance {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Instance {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Already gone after `kill_9` or SIGTERM: then both only report that.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
