@@ -536,7 +536,9 @@ struct Timeline {
     /// Instances started while Postgres was down: spawn → ready, and Postgres ready → ready.
     ready_while_down: Vec<Duration>,
     ready_after_postgres: Vec<Duration>,
-    /// `pg_ctl start` instants after a crash, and how long each took (crash recovery).
+    /// When Postgres was crashed; `pg_ctl start` instants after a crash, and how long each took
+    /// (crash recovery).
+    postgres_crashes: Vec<Instant>,
     postgres_starts: Vec<Instant>,
     postgres_recovery: Vec<Duration>,
 }
@@ -609,6 +611,7 @@ async fn run(plan: &Plan, own_cluster: bool) -> Report {
         if crash_due {
             let cluster = database.cluster();
             tokio::time::sleep(Duration::from_millis(rng.u64(20..200))).await;
+            timeline.postgres_crashes.push(Instant::now());
             cluster.crash().await.unwrap();
             pg_crashes += 1;
             tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
@@ -789,11 +792,17 @@ fn report(plan: &Plan, f: &Figures<'_>) -> Report {
         let i = acks.partition_point(|t| t <= from);
         acks.get(i).map(|t| t.duration_since(*from))
     };
+    // An instance whose first acknowledgement had to wait for a Postgres crash and restart
+    // says nothing about its own start: it is left out.
     let to_first_ack: Vec<Duration> = f
         .timeline
         .spawns
         .iter()
-        .filter_map(first_ack_after)
+        .filter_map(|spawned| {
+            let took = first_ack_after(spawned)?;
+            let crashed = |c: &Instant| *c > *spawned && c.duration_since(*spawned) < took;
+            (!f.timeline.postgres_crashes.iter().any(crashed)).then_some(took)
+        })
         .collect();
     let postgres_to_ack: Vec<Duration> = f
         .timeline
@@ -823,7 +832,8 @@ fn report(plan: &Plan, f: &Figures<'_>) -> Report {
          (of them never acknowledged: {stored_unacked})   missing {}   stored twice {duplicates}\n\
          restart-to-ready (spawn → /readyz 200, Postgres up, n={}): p50 {}  p95 {}  max {}  \
          target ≤ {} ms: {}\n\
-         spawn → listening (first answer of /readyz): {}   spawn → first ack: {}\n\
+         spawn → listening (first answer of /readyz): {}   spawn → first ack (n={}, no \
+         Postgres crash before it): {}\n\
          serve started while Postgres was down (n={}): spawn → ready {}; Postgres ready → ready {}\n\
          Postgres restart after a crash (pg_ctl start, crash recovery, n={}): {}; pg_ctl start → \
          first ack: {}\n",
@@ -855,6 +865,7 @@ fn report(plan: &Plan, f: &Figures<'_>) -> Report {
             "MISSED"
         },
         Stats::of(&f.timeline.listening),
+        to_first_ack.len(),
         Stats::of(&to_first_ack),
         t.ready_while_down.len(),
         Stats::of(&t.ready_while_down),
