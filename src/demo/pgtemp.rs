@@ -1,7 +1,9 @@
 //! A throwaway PostgreSQL cluster for `rooms-sync demo` on a machine where no Postgres server
 //! runs but the binaries are installed: `initdb` into a fresh temporary directory, `pg_ctl start`
 //! on a free loopback port with trust authentication, and `pg_ctl stop` plus removal of the
-//! directory on exit (or, best effort, on drop).
+//! directory on exit (or, best effort, on drop). The crash test uses it too, with the server's
+//! durable defaults ([`Durability::Durable`]), crashing the server (`pg_ctl stop -m immediate`)
+//! and starting it again on the same data directory and port.
 //!
 //! `initdb` and `postgres` refuse to run as root, so when the effective uid is 0 they run as the
 //! `postgres` system user (which the Debian packages create) and the directory is handed to it.
@@ -34,6 +36,22 @@ const PORT_ATTEMPTS: usize = 3;
 /// How much of a failed command's output (the end of it) goes into the error.
 const MAX_OUTPUT_CHARS: usize = 2000;
 
+/// What the cluster's settings trade for speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off, and initdb does not sync: the
+    /// demo's cluster, deleted on exit, where durability buys nothing.
+    #[default]
+    Throwaway,
+    /// `fsync`, `synchronous_commit` and `full_page_writes` on, as a production server runs:
+    /// what a crash test must run against. Two things only cost time here: initdb does not sync
+    /// (that guards a new cluster against a machine crash, which a test of process crashes does
+    /// not cause), and from PostgreSQL 14 on, crash recovery syncs the data directory's file
+    /// system with one `syncfs` instead of an `fsync` per file (`recovery_init_sync_method`: on
+    /// a slow disk an `fsync` per file of even a new cluster takes seconds, at every crash).
+    Durable,
+}
+
 /// A throwaway PostgreSQL cluster in a temporary directory, listening on 127.0.0.1 on a free port, trust auth.
 #[derive(Debug)]
 pub struct TempCluster {
@@ -58,8 +76,16 @@ struct Account {
 impl TempCluster {
     /// Finds the binaries (newest /usr/lib/postgresql/*/bin unless `bin_dir` is given), runs initdb (as the postgres user when root) into a fresh temp dir, starts the server with pg_ctl on a free loopback port (unix socket inside the temp dir), waits until it accepts connections (bounded, 20 s).
     pub async fn start(bin_dir: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_with(bin_dir, Durability::Throwaway).await
+    }
+
+    /// [`TempCluster::start`] with the given durability settings.
+    pub async fn start_with(
+        bin_dir: Option<&Path>,
+        durability: Durability,
+    ) -> anyhow::Result<Self> {
         let bin_dir = bin_dir.map(Path::to_path_buf);
-        tokio::task::spawn_blocking(move || Self::start_blocking(bin_dir.as_deref()))
+        tokio::task::spawn_blocking(move || Self::start_blocking(bin_dir.as_deref(), durability))
             .await
             .context(
                 "the task starting the throwaway PostgreSQL cluster panicked or was cancelled",
@@ -69,6 +95,48 @@ impl TempCluster {
     /// postgres://postgres@127.0.0.1:{port}/postgres
     pub fn url(&self) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The loopback port the server listens on (the same after [`TempCluster::restart`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Crashes the server: `pg_ctl stop -m immediate`, which quits every server process at once,
+    /// with no checkpoint; the next start recovers from the WAL. Returns once the postmaster is
+    /// gone.
+    pub async fn crash(&self) -> anyhow::Result<()> {
+        let control = self.control();
+        tokio::task::spawn_blocking(move || control.pg_ctl_stop("immediate"))
+            .await
+            .context("the task crashing the throwaway PostgreSQL cluster panicked")?
+    }
+
+    /// Starts the server again on the same data directory and port (after [`TempCluster::crash`]),
+    /// and waits until it accepts connections (bounded, 20 s), crash recovery included.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let control = self.control();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + START_TIMEOUT;
+            control.pg_ctl_start(deadline)?;
+            control.wait_until_ready(deadline)
+        })
+        .await
+        .context("the task restarting the throwaway PostgreSQL cluster panicked")?
+    }
+
+    /// A handle on the same server for a blocking task. It owns nothing: its `dir` is `None`, so
+    /// dropping it neither stops the server nor removes the directory.
+    fn control(&self) -> Self {
+        Self {
+            dir: None,
+            dir_path: self.dir_path.clone(),
+            data_dir: self.data_dir.clone(),
+            log_file: self.log_file.clone(),
+            bin_dir: self.bin_dir.clone(),
+            run_as: self.run_as,
+            port: self.port,
+        }
     }
 
     /// `pg_ctl stop -m fast`, then removes the directory.
@@ -81,7 +149,7 @@ impl TempCluster {
             )?
     }
 
-    fn start_blocking(bin_dir: Option<&Path>) -> anyhow::Result<Self> {
+    fn start_blocking(bin_dir: Option<&Path>, durability: Durability) -> anyhow::Result<Self> {
         let deadline = Instant::now() + START_TIMEOUT;
         let bin_dir = match bin_dir {
             Some(dir) => {
@@ -137,7 +205,7 @@ impl TempCluster {
             port: 0,
         };
         cluster.initdb()?;
-        cluster.configure()?;
+        cluster.configure(durability)?;
 
         for attempt in 1..=PORT_ATTEMPTS {
             cluster.port = free_port()?;
@@ -175,7 +243,7 @@ impl TempCluster {
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C",
-                // A throwaway cluster need not be flushed to disk.
+                // A throwaway cluster need not be flushed to disk; see `Durability::Durable`.
                 "--no-sync",
             ])
             .output()
@@ -186,9 +254,9 @@ impl TempCluster {
         Ok(())
     }
 
-    /// Appends the demo settings to postgresql.conf (rather than passing them on pg_ctl's
+    /// Appends the cluster's settings to postgresql.conf (rather than passing them on pg_ctl's
     /// command line, which goes through a shell).
-    fn configure(&self) -> anyhow::Result<()> {
+    fn configure(&self, durability: Durability) -> anyhow::Result<()> {
         let socket_dir = self.dir_path.to_str().with_context(|| {
             format!(
                 "the temporary directory {} is not valid UTF-8",
@@ -196,22 +264,40 @@ impl TempCluster {
             )
         })?;
         let conf = self.data_dir.join("postgresql.conf");
-        // fsync, synchronous_commit and full_page_writes are off: the cluster is deleted on exit,
-        // so durability buys nothing, and a demo on a fresh machine should start and run fast.
+        // Throwaway: fsync, synchronous_commit and full_page_writes are off: the cluster is
+        // deleted on exit, so durability buys nothing, and a demo on a fresh machine should start
+        // and run fast. Durable: all three on (see `Durability::Durable`).
+        let durability_settings = match durability {
+            Durability::Throwaway => {
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n".to_owned()
+            }
+            Durability::Durable => {
+                let mut settings =
+                    "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n".to_owned();
+                if self.major_version().is_some_and(|major| major >= 14) {
+                    settings.push_str("recovery_init_sync_method = syncfs\n");
+                }
+                settings
+            }
+        };
         let settings = format!(
-            "\n# rooms-sync demo: a throwaway cluster, removed on exit\n\
+            "\n# rooms-sync: a throwaway cluster, removed on exit\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\n\
-             fsync = off\n\
-             synchronous_commit = off\n\
-             full_page_writes = off\n",
+             {durability_settings}",
             socket_dir.replace('\'', "''")
         );
         fs::OpenOptions::new()
             .append(true)
             .open(&conf)
             .and_then(|mut file| file.write_all(settings.as_bytes()))
-            .with_context(|| format!("writing the demo settings to {}", conf.display()))
+            .with_context(|| format!("writing the cluster's settings to {}", conf.display()))
+    }
+
+    /// The major version initdb wrote into the data directory (`PG_VERSION`: "15", "9.6").
+    fn major_version(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.data_dir.join("PG_VERSION")).ok()?;
+        parse_version(text.trim())?.first().copied()
     }
 
     fn pg_ctl_start(&self, deadline: Instant) -> anyhow::Result<()> {
@@ -574,6 +660,46 @@ mod tests {
         );
         assert!(!dir.exists(), "{} still exists", dir.display());
         assert!(!accepts_connections(port), "port {port} still accepts");
+    }
+
+    #[tokio::test]
+    async fn a_durable_cluster_keeps_its_committed_rows_across_a_crash_and_restarts_on_its_port() {
+        if !binaries_available(None) {
+            eprintln!("skipped: no PostgreSQL binaries under {DEBIAN_PG_ROOT}");
+            return;
+        }
+        let cluster = TempCluster::start_with(None, Durability::Durable)
+            .await
+            .unwrap();
+        let port = cluster.port();
+        let pool = sqlx::PgPool::connect(&cluster.url()).await.unwrap();
+        let fsync: String = sqlx::query_scalar("show fsync")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(fsync, "on");
+        sqlx::query("create table kept (n int)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("insert into kept values (1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        cluster.crash().await.unwrap();
+        assert!(!accepts_connections(port), "port {port} still accepts");
+        cluster.restart().await.unwrap();
+        assert_eq!(cluster.port(), port);
+        let pool = sqlx::PgPool::connect(&cluster.url()).await.unwrap();
+        let kept: i64 = sqlx::query_scalar("select count(*) from kept")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(kept, 1);
+        pool.close().await;
+        cluster.stop().await.unwrap();
     }
 
     #[tokio::test]
