@@ -7,9 +7,10 @@
 //! showed the per-request span, its log line and the random request id among the larger costs.
 //!
 //! The log line's level follows what an operator needs: a request that succeeded is logged at
-//! `debug` (the metrics count it), a refused one (4xx) at `info`, a failed one (5xx) or one that
-//! took longer than [`SLOW`] at `warn`. A 5xx carries the error the handler attached (see
-//! [`ErrorDetail`]), so the cause is logged once, with the request id.
+//! `debug` (the metrics count it), a refused one (4xx) at `info`, one the sender will retry
+//! (503) or one that took longer than [`SLOW`] at `warn`, any other failure (5xx) at `error`.
+//! A 5xx carries the error the handler attached (see [`ErrorDetail`]), so the cause is logged
+//! once, with the request id.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -162,9 +163,13 @@ where
             let (path, request_id) = (uri.path(), id.to_str().unwrap_or(""));
             let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
             let status = status.as_u16();
-            if status >= 500 {
-                tracing::warn!(%method, path, status, latency_us, request_id,
-                    error = detail.as_ref().map_or("", |d| d.0.as_str()), "request failed");
+            let error = detail.as_ref().map_or("", |d| d.0.as_str());
+            if status >= 500 && status != 503 {
+                tracing::error!(%method, path, status, latency_us, request_id, error, "request failed");
+            } else if status == 503 {
+                // Retried by the sender: the service is starting, stopping, shedding load or
+                // waiting for its database.
+                tracing::warn!(%method, path, status, latency_us, request_id, error, "request failed");
             } else if latency >= SLOW {
                 tracing::warn!(%method, path, status, latency_us, request_id, "slow request");
             } else if status >= 400 {
