@@ -9,20 +9,28 @@ use quick_xml::{Reader, XmlVersion};
 
 /// Why the file could not be read as appSettings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum AppSettingsError {
+pub enum AppSettingsError {
+    /// Not well-formed XML; `position` is the byte offset where the reader stopped.
     #[error("not well-formed XML at byte {position}: {reason}")]
     Malformed { position: u64, reason: String },
+    /// The file carries a `<!DOCTYPE`.
     #[error("DTD and entity declarations are not accepted")]
     Doctype,
+    /// The root element is neither `<appSettings>` nor `<configuration>`.
     #[error("expected <appSettings> or <configuration><appSettings> as the root, found <{found}>")]
     WrongRoot { found: String },
+    /// An `<add>` or `<remove>` without its `key` attribute.
     #[error("an <{element}> element has no key attribute")]
     MissingKey { element: &'static str },
 }
 
-/// The `(key, value)` pairs in document order, `remove`/`clear` applied; the caller lets the last
-/// duplicate win.
-pub(super) fn parse(text: &str) -> Result<Vec<(String, String)>, AppSettingsError> {
+/// Reads the text of a RoomsAppSettings.config file: the `(key, value)` pairs in document order,
+/// `remove`/`clear` applied, keys as written (known or not); the caller lets the last duplicate
+/// win. No environment and no validation: [`super::load_from`] does both on top of this.
+///
+/// # Errors
+/// [`AppSettingsError`] when the text is not an appSettings document.
+pub fn parse(text: &str) -> Result<Vec<(String, String)>, AppSettingsError> {
     let mut reader = Reader::from_str(text.trim_start_matches('\u{feff}'));
     reader.config_mut().check_end_names = true;
     // Element path from the root, by local name.

@@ -22,6 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use source::client_ip;
 
 use crate::config::Settings;
 use crate::db::SchemaGate;
