@@ -7,10 +7,15 @@
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
+/// Longest reader message kept in [`AppSettingsError::Malformed`], in characters, as for the
+/// values quoted in other problems: the XML reader quotes input (a whole mismatched end tag, say).
+const MAX_REASON_CHARS: usize = 200;
+
 /// Why the file could not be read as appSettings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppSettingsError {
-    /// Not well-formed XML; `position` is the byte offset where the reader stopped.
+    /// Not well-formed XML; `position` is the byte offset where the reader stopped, `reason` the
+    /// reader's message on one line (control characters escaped) and at most 200 characters.
     #[error("not well-formed XML at byte {position}: {reason}")]
     Malformed { position: u64, reason: String },
     /// The file carries a `<!DOCTYPE`.
@@ -42,7 +47,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, AppSettingsError> {
             .read_event()
             .map_err(|e| AppSettingsError::Malformed {
                 position,
-                reason: e.to_string(),
+                reason: one_line(&e),
             })?;
         match event {
             Event::DocType(_) => return Err(AppSettingsError::Doctype),
@@ -119,17 +124,35 @@ fn attribute(start: &BytesStart<'_>, wanted: &str) -> Result<Option<String>, App
     for attr in start.attributes() {
         let attr = attr.map_err(|e| AppSettingsError::Malformed {
             position: 0,
-            reason: e.to_string(),
+            reason: one_line(&e),
         })?;
         if attr.key.local_name().as_ref() == wanted {
             let value = attr
                 .normalized_value(XmlVersion::Implicit1_0)
                 .map_err(|e| AppSettingsError::Malformed {
                     position: 0,
-                    reason: e.to_string(),
+                    reason: one_line(&e),
                 })?;
             return Ok(Some(value.into_owned()));
         }
     }
     Ok(None)
+}
+
+/// The reader's message as one short line: every problem is printed on a line of its own, and a
+/// quoted tag can span lines and run to the end of the file.
+fn one_line(error: &impl std::fmt::Display) -> String {
+    let mut out = String::new();
+    for (i, c) in error.to_string().chars().enumerate() {
+        if i == MAX_REASON_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
