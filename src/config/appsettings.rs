@@ -7,22 +7,35 @@
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
+/// Longest reader message kept in [`AppSettingsError::Malformed`], in characters, as for the
+/// values quoted in other problems: the XML reader quotes input (a whole mismatched end tag, say).
+const MAX_REASON_CHARS: usize = 200;
+
 /// Why the file could not be read as appSettings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum AppSettingsError {
+pub enum AppSettingsError {
+    /// Not well-formed XML; `position` is the byte offset where the reader stopped, `reason` the
+    /// reader's message on one line (control characters escaped) and at most 200 characters.
     #[error("not well-formed XML at byte {position}: {reason}")]
     Malformed { position: u64, reason: String },
+    /// The file carries a `<!DOCTYPE`.
     #[error("DTD and entity declarations are not accepted")]
     Doctype,
+    /// The root element is neither `<appSettings>` nor `<configuration>`.
     #[error("expected <appSettings> or <configuration><appSettings> as the root, found <{found}>")]
     WrongRoot { found: String },
+    /// An `<add>` or `<remove>` without its `key` attribute.
     #[error("an <{element}> element has no key attribute")]
     MissingKey { element: &'static str },
 }
 
-/// The `(key, value)` pairs in document order, `remove`/`clear` applied; the caller lets the last
-/// duplicate win.
-pub(super) fn parse(text: &str) -> Result<Vec<(String, String)>, AppSettingsError> {
+/// Reads the text of a RoomsAppSettings.config file: the `(key, value)` pairs in document order,
+/// `remove`/`clear` applied, keys as written (known or not); the caller lets the last duplicate
+/// win. No environment and no validation: [`super::load_from`] does both on top of this.
+///
+/// # Errors
+/// [`AppSettingsError`] when the text is not an appSettings document.
+pub fn parse(text: &str) -> Result<Vec<(String, String)>, AppSettingsError> {
     let mut reader = Reader::from_str(text.trim_start_matches('\u{feff}'));
     reader.config_mut().check_end_names = true;
     // Element path from the root, by local name.
@@ -34,7 +47,7 @@ pub(super) fn parse(text: &str) -> Result<Vec<(String, String)>, AppSettingsErro
             .read_event()
             .map_err(|e| AppSettingsError::Malformed {
                 position,
-                reason: e.to_string(),
+                reason: one_line(&e),
             })?;
         match event {
             Event::DocType(_) => return Err(AppSettingsError::Doctype),
@@ -111,17 +124,35 @@ fn attribute(start: &BytesStart<'_>, wanted: &str) -> Result<Option<String>, App
     for attr in start.attributes() {
         let attr = attr.map_err(|e| AppSettingsError::Malformed {
             position: 0,
-            reason: e.to_string(),
+            reason: one_line(&e),
         })?;
         if attr.key.local_name().as_ref() == wanted {
             let value = attr
                 .normalized_value(XmlVersion::Implicit1_0)
                 .map_err(|e| AppSettingsError::Malformed {
                     position: 0,
-                    reason: e.to_string(),
+                    reason: one_line(&e),
                 })?;
             return Ok(Some(value.into_owned()));
         }
     }
     Ok(None)
+}
+
+/// The reader's message as one short line: every problem is printed on a line of its own, and a
+/// quoted tag can span lines and run to the end of the file.
+fn one_line(error: &impl std::fmt::Display) -> String {
+    let mut out = String::new();
+    for (i, c) in error.to_string().chars().enumerate() {
+        if i == MAX_REASON_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub use appsettings::{AppSettingsError, parse as parse_app_settings};
 pub use keys::{KEYS, KeySpec};
 
 /// The environment variable naming the settings file when `--config` is not given.

@@ -522,3 +522,18 @@ fn the_shipped_example_file_is_valid_and_documents_every_key() {
         );
     }
 }
+
+#[test]
+fn a_malformed_file_is_reported_on_one_short_line_whatever_the_reader_quotes() {
+    // The XML reader quotes a whole mismatched end tag, line breaks included (found by the
+    // appsettings fuzz target).
+    let text = format!(
+        "<appSettings></a\n<add key=\"EwsPassword\" value=\"{}\" />\n></appSettings>",
+        "p".repeat(1000)
+    );
+    let problems = problems(Some(&text), &[]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("not well-formed"), "{problems:?}");
+    assert!(!problems[0].contains('\n'), "{problems:?}");
+    assert!(problems[0].chars().count() < 300, "{problems:?}");
+}

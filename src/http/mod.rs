@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
+pub use source::client_ip;
 
 use crate::config::Settings;
 use crate::db::SchemaGate;

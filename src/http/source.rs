@@ -11,8 +11,10 @@ use crate::config::HttpSettings;
 
 /// Walks `X-Forwarded-For` right to left from the peer, skipping trusted proxies; the first
 /// untrusted hop is the client. Hops a client wrote itself (left of the first untrusted one)
-/// are never believed.
-pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+/// are never believed. `None` when a hop that has to be read does not parse; when every hop is
+/// trusted, the leftmost. Addresses are compared and returned in canonical form (an
+/// IPv4-mapped IPv6 address as IPv4). Public for the fuzz targets (`fuzz/`).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut current = peer.to_canonical();
     if !is_trusted(&current) {
