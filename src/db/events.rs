@@ -91,39 +91,50 @@ pub async fn insert_batch<'c>(
          ),
          ews as (
              -- The chain is judged inside the row update, on the row as it is when this
-             -- statement gets its lock (a concurrent batch may just have moved it).
+             -- statement gets its lock (a concurrent batch may just have moved it). A batch
+             -- applies to a subscription when it inserted one of its events (`i`) and does not
+             -- end on a watermark the chain has passed; it moves the chain when it also carries
+             -- a watermark. Written out in each assignment rather than in a subquery, which
+             -- Postgres would run once per row.
              update subscriptions s set
-                 (last_watermark, recent_watermarks, gap_detected_at) = (
-                     select case when c.moves then u.last_watermark else s.last_watermark end,
-                            case when c.moves
-                                 then (array_remove(array[u.last_watermark, u.first_previous],
-                                                    null)
-                                       || s.recent_watermarks)[1:$17]
-                                 else s.recent_watermarks end,
-                            case when c.applies
-                                  and (u.inner_gap
-                                       or (u.first_previous is not null
-                                           and s.last_watermark is not null
-                                           and s.last_watermark <> u.first_previous))
-                                 then coalesce(s.gap_detected_at, now())
-                                 else s.gap_detected_at end
-                     from (select a.applies, a.applies and u.last_watermark is not null as moves
-                           from (select exists (select from inserted i
-                                                where i.subscription_id = u.id)
-                                        and not coalesce(u.last_watermark = s.last_watermark
-                                                         or u.last_watermark
-                                                            = any(s.recent_watermarks),
-                                                         false)
-                                        as applies) a) c
-                 ),
+                 last_watermark = case when (i.subscription_id is not null
+                                       and not coalesce(u.last_watermark = s.last_watermark
+                                                        or u.last_watermark
+                                                           = any(s.recent_watermarks),
+                                                        false)) and u.last_watermark is not null
+                                       then u.last_watermark else s.last_watermark end,
+                 recent_watermarks = case when (i.subscription_id is not null
+                                       and not coalesce(u.last_watermark = s.last_watermark
+                                                        or u.last_watermark
+                                                           = any(s.recent_watermarks),
+                                                        false)) and u.last_watermark is not null
+                                          then (array_remove(array[u.last_watermark,
+                                                                   u.first_previous], null)
+                                                || s.recent_watermarks)[1:$17]
+                                          else s.recent_watermarks end,
+                 gap_detected_at = case when (i.subscription_id is not null
+                                       and not coalesce(u.last_watermark = s.last_watermark
+                                                        or u.last_watermark
+                                                           = any(s.recent_watermarks),
+                                                        false))
+                                         and (u.inner_gap
+                                              or (u.first_previous is not null
+                                                  and s.last_watermark is not null
+                                                  and s.last_watermark <> u.first_previous))
+                                        then coalesce(s.gap_detected_at, now())
+                                        else s.gap_detected_at end,
                  last_notification_at = now(),
                  lost_at = case when u.lost_reason is not null then coalesce(s.lost_at, now())
                                 else s.lost_at end,
                  lost_reason = coalesce(u.lost_reason, s.lost_reason),
                  updated_at = now()
              from unnest($11::bigint[], $12::text[], $13::text[], $14::bool[], $15::text[])
-                  as u(id, first_previous, last_watermark, inner_gap, lost_reason)
-             where s.id = u.id and s.backend = 'ews'
+                      as u(id, first_previous, last_watermark, inner_gap, lost_reason)
+                  left join (select distinct subscription_id from inserted) i
+                      on i.subscription_id = u.id
+             -- `s.id = any(...)` as well: lets the planner find the rows by primary key
+             -- instead of scanning the whole table (the join alone offers only a hash join).
+             where s.id = u.id and s.id = any($11) and s.backend = 'ews'
              returning s.id
          ),
          graph as (
