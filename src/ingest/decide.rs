@@ -5,9 +5,8 @@
 //! rules (clientState, Unsubscribe, gaps, grace window) are tested without a database.
 
 use std::collections::HashMap;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -377,16 +376,15 @@ fn folder_payload(r: Option<&crate::ews::ItemRef>) -> Option<FolderPayload<'_>> 
 }
 
 fn ews_payload(n: &crate::ews::Notification, event: &Event) -> String {
-    let (object, folder) = (object_payload, folder_payload);
     let payload = EwsPayload {
         kind: event.kind.as_str(),
         more_events: n.more_events,
-        old_parent_folder_id: folder(event.old_parent_folder_id.as_ref()),
-        old_target: object(event.old_target.as_ref()),
-        parent_folder_id: folder(event.parent_folder_id.as_ref()),
+        old_parent_folder_id: folder_payload(event.old_parent_folder_id.as_ref()),
+        old_target: object_payload(event.old_target.as_ref()),
+        parent_folder_id: folder_payload(event.parent_folder_id.as_ref()),
         previous_watermark: n.previous_watermark.as_deref(),
         subscription_id: &n.subscription_id,
-        target: object(event.target.as_ref()),
+        target: object_payload(event.target.as_ref()),
         time_stamp: event.timestamp.as_ref(),
         unread_count: event.unread_count,
         watermark: event.watermark.as_deref(),
