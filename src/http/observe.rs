@@ -30,9 +30,9 @@ use super::WEBHOOK_PATH;
 use crate::metrics::{HttpLabels, Metrics};
 
 /// The header a request id travels in, both ways.
-pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A request slower than this is logged at `warn`: Graph gives up on a notification after 3 s.
-pub(super) const SLOW: Duration = Duration::from_secs(1);
+const SLOW: Duration = Duration::from_secs(1);
 /// The longest request id taken from a caller; a longer one is replaced by our own.
 const MAX_CALLER_ID: usize = 128;
 

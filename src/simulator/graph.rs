@@ -874,6 +874,34 @@ async fn delete_subscription(State(shared): State<AppState>, Path(id): Path<Stri
 // ---- events and calendarView ------------------------------------------------
 
 /// An event, series master, occurrence or exception as Graph serializes it.
+/// One event as `GET /users/{room}/events/{id}` and the event writes answer it: in the id
+/// format and the time zone the request prefers, with its `@odata.context`.
+pub(crate) fn event_entity(
+    shared: &AppState,
+    room: &str,
+    inst: &Instance,
+    headers: &HeaderMap,
+) -> Value {
+    let mut v = event_json(inst);
+    ids::graph_event_ids(
+        &mut v,
+        GraphIdType::from_prefer(prefers_immutable_id(headers)),
+    );
+    if let Some(zone) = zones::preferred(headers) {
+        zones::apply(&mut v, &zone);
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "@odata.context".to_owned(),
+            json!(format!(
+                "{}/v1.0/$metadata#users('{room}')/events/$entity",
+                shared.base_url
+            )),
+        );
+    }
+    v
+}
+
 pub(crate) fn event_json(inst: &Instance) -> Value {
     let item = &inst.item;
     let m = &item.meeting;
@@ -1031,8 +1059,7 @@ async fn get_event(
     headers: HeaderMap,
 ) -> Response {
     // Graph takes an event id in any format (EWS, REST or immutable) and answers in the
-    // format the request prefers.
-    let id_type = GraphIdType::from_prefer(prefers_immutable_id(&headers));
+    // format the request prefers (`event_entity`).
     let found = {
         let state = shared.lock();
         state.cal.user(&room).map(|r| r.instance(&ids::ews_id(&id)))
@@ -1044,23 +1071,10 @@ async fn get_event(
             "ErrorItemNotFound",
             "The specified object was not found in the store.",
         ),
-        Some(Some(inst)) => {
-            let mut v = event_json(&inst);
-            ids::graph_event_ids(&mut v, id_type);
-            if let Some(zone) = zones::preferred(&headers) {
-                zones::apply(&mut v, &zone);
-            }
-            if let Some(o) = v.as_object_mut() {
-                o.insert(
-                    "@odata.context".to_owned(),
-                    json!(format!(
-                        "{}/v1.0/$metadata#users('{room}')/events/$entity",
-                        shared.base_url
-                    )),
-                );
-            }
-            json_response(StatusCode::OK, &v)
-        }
+        Some(Some(inst)) => json_response(
+            StatusCode::OK,
+            &event_entity(&shared, &room, &inst, &headers),
+        ),
     }
 }
 

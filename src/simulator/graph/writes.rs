@@ -16,16 +16,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{
-    AppState, bad_json, bad_request, event_json, graph_error, parse_json_object,
-    prefers_immutable_id, unknown_user, zones,
+    AppState, bad_json, bad_request, event_entity, graph_error, parse_json_object, unknown_user,
+    zones,
 };
 use crate::simulator::calendar::{
     Applied, Meeting, RangeEnd, Recurrence, client_recurrence, occurrence_id,
 };
-use crate::simulator::ids::{self, GraphIdType};
+use crate::simulator::ids;
 use crate::simulator::{SimError, push};
 
 /// A refusal, boxed: a `Response` is too large to travel in every `Err`.
@@ -142,26 +142,15 @@ fn answer(
     id: &str,
     headers: &HeaderMap,
 ) -> Response {
-    let id_type = GraphIdType::from_prefer(prefers_immutable_id(headers));
     let instance = shared.lock().cal.room(room).and_then(|r| r.instance(id));
     let Some(instance) = instance else {
         return item_not_found();
     };
-    let mut v = event_json(&instance);
-    ids::graph_event_ids(&mut v, id_type);
-    if let Some(zone) = zones::preferred(headers) {
-        zones::apply(&mut v, &zone);
-    }
-    if let Some(o) = v.as_object_mut() {
-        o.insert(
-            "@odata.context".to_owned(),
-            json!(format!(
-                "{}/v1.0/$metadata#users('{room}')/events/$entity",
-                shared.base_url
-            )),
-        );
-    }
-    (status, axum::Json(v)).into_response()
+    (
+        status,
+        axum::Json(event_entity(shared, room, &instance, headers)),
+    )
+        .into_response()
 }
 
 fn item_not_found() -> Response {
@@ -409,6 +398,7 @@ pub(super) async fn permanent_delete_event(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use serde_json::json;
 
     #[test]
     fn times_are_read_in_utc_and_other_zones_are_refused_not_misread() {
