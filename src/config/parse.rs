@@ -419,8 +419,23 @@ fn cidr_list(v: &str) -> Option<Vec<IpNet>> {
             IpNet::from_str(item)
                 .ok()
                 .or_else(|| IpAddr::from_str(item).ok().map(IpNet::from))
+                .map(canonical_net)
         })
         .collect()
+}
+
+/// An IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) as the IPv4 range it maps: peers are
+/// compared in canonical form (a dual-stack socket's `::ffff:10.1.2.3` is `10.1.2.3`), so the
+/// mapped spelling would otherwise never match anything. A prefix shorter than the mapped
+/// block's 96 bits also covers real IPv6 addresses and is kept as written.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 fn backend(v: &str) -> Option<Backend> {

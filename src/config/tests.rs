@@ -537,3 +537,36 @@ fn a_malformed_file_is_reported_on_one_short_line_whatever_the_reader_quotes() {
     assert!(!problems[0].contains('\n'), "{problems:?}");
     assert!(problems[0].chars().count() < 300, "{problems:?}");
 }
+
+#[test]
+fn ipv4_mapped_ranges_are_read_as_the_ipv4_ranges_they_map() {
+    let loaded = load_from(
+        None,
+        &env(&[
+            ("IdpRootUrl", "https://h.example"),
+            (
+                "TrustedProxyRanges",
+                "::ffff:10.0.0.0/104, ::ffff:192.0.2.7, ::/64",
+            ),
+            ("WebhookAllowedIpRanges", "::ffff:203.0.113.0/120"),
+        ]),
+    )
+    .unwrap();
+    let http = loaded.settings.http;
+    let expected: Vec<IpNet> = ["10.0.0.0/8", "192.0.2.7/32", "::/64"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(http.trusted_proxy_ranges, expected);
+    assert_eq!(
+        http.webhook_allowed_ip_ranges,
+        vec!["203.0.113.0/24".parse::<IpNet>().unwrap()]
+    );
+    // A dual-stack listener's peer `::ffff:10.1.2.3` is compared as 10.1.2.3.
+    let peer: std::net::IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+    assert!(
+        http.trusted_proxy_ranges
+            .iter()
+            .any(|n| n.contains(&peer.to_canonical()))
+    );
+}
