@@ -18,6 +18,7 @@ pub mod graph;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod offload;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;

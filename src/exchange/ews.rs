@@ -17,6 +17,7 @@ use crate::ews::{
     parse_find_item_response, parse_get_item_response, parse_subscribe_response,
     parse_sync_folder_items_response,
 };
+use crate::offload;
 
 /// The scope of app-only tokens for EWS in Exchange Online.
 pub const EWS_SCOPE: &str = "https://outlook.office365.com/.default";
@@ -90,7 +91,7 @@ impl EwsClient<'_> {
         self.client
             .with_retries(request.room, || async {
                 let (status, bytes) = self.post(request.room, body.clone()).await?;
-                match parse_subscribe_response(&bytes) {
+                match offload::parse(bytes, parse_subscribe_response).await {
                     Ok(Ok(s)) => Ok(SubscribeOutcome::Subscribed {
                         subscription_id: s.subscription_id,
                         watermark: s.watermark,
@@ -126,7 +127,7 @@ impl EwsClient<'_> {
         self.client
             .with_retries(room, || async {
                 let (status, bytes) = self.post(room, body.clone()).await?;
-                match parse_sync_folder_items_response(&bytes) {
+                match offload::parse(bytes, parse_sync_folder_items_response).await {
                     Ok(Ok(changes)) => Ok(SyncOutcome::Changes(changes)),
                     Ok(Err(e)) if sync_state_rejected(&e) => Ok(SyncOutcome::StateRejected {
                         detail: e.to_string(),
@@ -155,8 +156,9 @@ impl EwsClient<'_> {
         self.client
             .with_retries(room, || async {
                 let (status, bytes) = self.post(room, body.clone()).await?;
-                let items =
-                    parse_get_item_response(&bytes).map_err(|e| from_response_error(status, e))?;
+                let items = offload::parse(bytes, parse_get_item_response)
+                    .await
+                    .map_err(|e| from_response_error(status, e))?;
                 // A busy server answers each message with ErrorServerBusy: retry the batch.
                 if let Some(FetchedItem::Error(e)) = items
                     .iter()
@@ -199,7 +201,7 @@ impl EwsClient<'_> {
         self.client
             .with_retries(room, || async {
                 let (status, bytes) = self.post(room, body.clone()).await?;
-                match parse_find_item_response(&bytes) {
+                match offload::parse(bytes, parse_find_item_response).await {
                     Ok(Ok(page)) => Ok(page),
                     Ok(Err(e)) => Err(from_ews_error(status, e)),
                     Err(e) => Err(from_response_error(status, e)),

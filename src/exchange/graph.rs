@@ -11,6 +11,7 @@ use crate::graph::delta::{DeltaPage, parse_delta_page};
 use crate::graph::subscription::{
     CreateSubscription, ErrorBody, RenewSubscription, Subscription, SubscriptionPage,
 };
+use crate::offload;
 
 /// The scope of app-only tokens for Graph.
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
@@ -249,7 +250,8 @@ impl GraphClient<'_> {
             })
             .await;
         match answer {
-            Ok((_, bytes)) => parse_delta_page(&bytes)
+            Ok((_, bytes)) => offload::parse(bytes, parse_delta_page)
+                .await
                 .map(DeltaOutcome::Page)
                 .map_err(|e| ExchangeError::Protocol(format!("Graph delta page: {e}"))),
             Err(ExchangeError::Rejected {

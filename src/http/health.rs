@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use super::AppState;
+use super::Shared;
 use crate::db::{self, Readiness};
 
 /// How long `/readyz` waits for the database before it answers 503.
@@ -22,7 +22,7 @@ pub(super) async fn healthz() -> impl IntoResponse {
 
 /// The database answers and every embedded migration is applied (by this process, when it is
 /// the one to migrate: until then its webhook refuses deliveries).
-pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
     let readiness = match db::readiness(&state.db, READINESS_TIMEOUT).await {
         Readiness::Ready if !state.schema.is_ready() => Readiness::MigrationsPending,
         readiness => readiness,
@@ -45,7 +45,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

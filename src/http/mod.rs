@@ -28,7 +28,9 @@ use crate::metrics::Metrics;
 /// The webhook path Exchange and Graph post to (CONTRACT §4).
 pub const WEBHOOK_PATH: &str = "/api/webhooks/exchange";
 
-/// What handlers may touch: cheap to clone.
+/// What handlers may touch. The routers hold it in an `Arc`: axum hands each request its own
+/// copy of the state, and one reference count is cheaper than a copy of every field (some of
+/// which take a lock to clone).
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub db: PgPool,
@@ -39,6 +41,9 @@ pub struct AppState {
     pub schema: SchemaGate,
 }
 
+/// The state as the handlers receive it.
+type Shared = Arc<AppState>;
+
 /// The public listener: the webhook and the health probes.
 pub fn public_router(state: AppState) -> Router {
     let router = Router::new()
@@ -46,7 +51,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(any(not_found));
-    with_common_layers(router, &state).with_state(state)
+    with_common_layers(router, &state).with_state(Arc::new(state))
 }
 
 /// The admin listener: metrics and the health probes; keep it private.
@@ -56,11 +61,11 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(any(not_found));
-    with_common_layers(router, &state).with_state(state)
+    with_common_layers(router, &state).with_state(Arc::new(state))
 }
 
 /// Request id, metrics and a log line per request ([`observe`]), and a deadline.
-fn with_common_layers(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+fn with_common_layers(router: Router<Shared>, state: &AppState) -> Router<Shared> {
     // `layer` wraps what is already there, so the last one added runs first: the observer sees
     // the deadline's 503 too.
     router

@@ -17,12 +17,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use super::{ApiError, AppState, WEBHOOK_PATH, source};
+use super::{ApiError, Shared, WEBHOOK_PATH, source};
 use crate::ews::{parse_send_notification, send_notification_result};
 use crate::graph::notification::{parse_notification_collection, validation_token};
 use crate::ingest::{Ack, Delivery, IngestError};
+use crate::offload;
 
-pub(super) fn router() -> Router<AppState> {
+pub(super) fn router() -> Router<Shared> {
     // Only POST is routed: axum answers every other method with 405 and `Allow: POST`.
     Router::new().route(WEBHOOK_PATH, post(receive))
 }
@@ -58,7 +59,7 @@ fn protocol(headers: &HeaderMap) -> Result<Protocol, ApiError> {
     }
 }
 
-async fn receive(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+async fn receive(State(state): State<Shared>, request: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     // The source check comes first, so a refused caller's body is never read.
     let peer = request
@@ -92,16 +93,16 @@ async fn receive(State(state): State<AppState>, request: Request) -> Result<Resp
         .ingestor
         .reserve(body.len())
         .map_err(|_| ApiError::NotReady("the ingest queue is full"))?;
-    let delivery = match protocol {
-        Protocol::Ews => Delivery::ews(
-            parse_send_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?,
-        ),
-        Protocol::Graph => Delivery::graph(
-            parse_notification_collection(&body)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
-        ),
-    };
-    drop(body);
+    let delivery = offload::parse(body, move |body| match protocol {
+        Protocol::Ews => parse_send_notification(body)
+            .map(Delivery::ews)
+            .map_err(|e| e.to_string()),
+        Protocol::Graph => parse_notification_collection(body)
+            .map(Delivery::graph)
+            .map_err(|e| e.to_string()),
+    })
+    .await
+    .map_err(ApiError::BadRequest)?;
     let ack = state
         .ingestor
         .submit(delivery, reservation, started)
