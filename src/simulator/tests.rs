@@ -908,12 +908,17 @@ async fn notifications_due_together_for_one_url_share_a_post_of_at_most_a_hundre
             .len(),
         100
     );
-    let records: Vec<PushRecord> = sim
-        .control()
-        .pushes()
-        .into_iter()
-        .filter(|p| p.kind == "created")
-        .collect();
+    // A push is recorded once its answer is in, just after the receiver has the body.
+    let created = || -> Vec<PushRecord> {
+        sim.control()
+            .pushes()
+            .into_iter()
+            .filter(|p| p.kind == "created")
+            .collect()
+    };
+    rx.wait_for("both pushes recorded", |_| created().len() >= 2)
+        .await;
+    let records = created();
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].notifications, 100);
     assert_eq!(records[0].subscription_id.split(',').count(), 2);
