@@ -32,18 +32,22 @@ pub struct NewEvent {
 const RECENT_WATERMARKS: usize = 16;
 
 /// Stores a batch in one statement, so in one round trip and one commit: inserts `events`
-/// (skipping redeliveries: same backend, subscription and dedupe key), advances the EWS
-/// watermark chains and records losses reported by Exchange, and stamps Graph subscriptions'
+/// (skipping redeliveries: same backend, subscription and dedupe key), applies `ews` to the EWS
+/// watermark chains (and records losses reported by Exchange), and stamps Graph subscriptions'
 /// last notification time at most every few seconds (each stamp locks the row until commit).
 /// Returns how many events of each `(backend, kind)` were actually inserted.
 ///
 /// The watermark chain of a subscription only moves forward. A batch moves it only if it
 /// inserted at least one event of that subscription and does not end on a watermark the chain
 /// has already passed (its stored end, or one of `recent_watermarks`); it records a gap when
-/// its `PreviousWatermark` does not continue the stored chain. A batch that inserted nothing is
-/// a redelivery whose first copy was stored (and answered) already: Exchange sends a
-/// subscription's next notification only once the previous one was answered, and that answer
-/// follows the commit that inserted it, so whatever moved the chain since is newer.
+/// its `PreviousWatermark` is neither the stored end nor the watermark of a stored event of the
+/// subscription (acted on, or a keep-alive). The stored end may lag behind the chain: ingest
+/// sends an update only when it cannot tell continuity itself, when Exchange reported a loss,
+/// or every few seconds (see `ingest::chains`); a resubscription that resumes from it costs a
+/// few redeliveries, which are stored once. A batch that inserted nothing is a redelivery whose
+/// first copy was stored (and answered) already: Exchange sends a subscription's next
+/// notification only once the previous one was answered, and that answer follows the commit
+/// that inserted it, so whatever moved the chain since is newer.
 ///
 /// Events with a `dedupe_window` first retire the key of an identical stored event older than
 /// the window (a second statement before the insert, only when the batch has such events): the
@@ -94,8 +98,10 @@ pub async fn insert_batch<'c>(
              -- statement gets its lock (a concurrent batch may just have moved it). A batch
              -- applies to a subscription when it inserted one of its events (`i`) and does not
              -- end on a watermark the chain has passed; it moves the chain when it also carries
-             -- a watermark. Written out in each assignment rather than in a subquery, which
-             -- Postgres would run once per row.
+             -- a watermark. The stored end may lag behind the chain (ingest leaves out updates
+             -- it knows to be continuous), so a PreviousWatermark that is not the stored end
+             -- continues the chain when the event it came from is stored (`p`). Written out in
+             -- each assignment rather than in a subquery, which Postgres would run once per row.
              update subscriptions s set
                  last_watermark = case when (i.subscription_id is not null
                                        and not coalesce(u.last_watermark = s.last_watermark
@@ -120,7 +126,8 @@ pub async fn insert_batch<'c>(
                                          and (u.inner_gap
                                               or (u.first_previous is not null
                                                   and s.last_watermark is not null
-                                                  and s.last_watermark <> u.first_previous))
+                                                  and s.last_watermark <> u.first_previous
+                                                  and p.found is null))
                                         then coalesce(s.gap_detected_at, now())
                                         else s.gap_detected_at end,
                  last_notification_at = now(),
@@ -128,10 +135,27 @@ pub async fn insert_batch<'c>(
                                 else s.lost_at end,
                  lost_reason = coalesce(u.lost_reason, s.lost_reason),
                  updated_at = now()
-             from unnest($11::bigint[], $12::text[], $13::text[], $14::bool[], $15::text[])
-                      as u(id, first_previous, last_watermark, inner_gap, lost_reason)
+             from unnest($11::bigint[], $12::text[], $13::text[], $14::bool[], $15::text[],
+                         $18::text[], $19::text[], $20::text[])
+                      as u(id, first_previous, last_watermark, inner_gap, lost_reason,
+                           remote_id, previous_key, previous_status_key)
                   left join (select distinct subscription_id from inserted) i
                       on i.subscription_id = u.id
+                  -- Is the event PreviousWatermark names stored? A probe of the redelivery
+                  -- index per subscription, under each of its two keys (the second only when
+                  -- the first finds nothing). Each key with `=` of its own: as `in (a, b)` the
+                  -- planner may scan the subscription's whole range of the index.
+                  left join lateral (
+                      select true as found
+                      from (select from notification_events e
+                            where e.backend = 'ews' and e.remote_subscription_id = u.remote_id
+                              and e.dedupe_key = u.previous_key
+                            union all
+                            select from notification_events e
+                            where e.backend = 'ews' and e.remote_subscription_id = u.remote_id
+                              and e.dedupe_key = u.previous_status_key) stored
+                      limit 1
+                  ) p on true
              -- `s.id = any(...)` as well: lets the planner find the rows by primary key
              -- instead of scanning the whole table (the join alone offers only a hash join).
              where s.id = u.id and s.id = any($11) and s.backend = 'ews'
@@ -205,6 +229,25 @@ pub async fn insert_batch<'c>(
     )
     .bind(graph_touched)
     .bind(i32::try_from(RECENT_WATERMARKS).unwrap_or(i32::MAX))
+    .bind(
+        ews.iter()
+            .map(|u| {
+                u.previous_keys
+                    .as_ref()
+                    .map(|k| k.remote_subscription_id.as_str())
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        ews.iter()
+            .map(|u| u.previous_keys.as_ref().map(|k| k.event.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        ews.iter()
+            .map(|u| u.previous_keys.as_ref().map(|k| k.status.as_str()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(executor)
     .await
 }

@@ -33,6 +33,10 @@ pub struct EwsUpdate {
     /// `PreviousWatermark` of the batch's first notification: compared with the stored chain
     /// by the statement that applies the update, so no lock is held in between.
     pub first_previous: Option<String>,
+    /// Where the event whose watermark is `first_previous` would be stored. The chain end on
+    /// the subscription row is written only every few seconds, so continuity is judged by
+    /// finding the notification `first_previous` came from among the stored events.
+    pub previous_keys: Option<WatermarkKeys>,
     /// The watermark of the last event received in the batch.
     pub last_watermark: Option<String>,
     /// The chain broke between two notifications of the same batch.
@@ -41,12 +45,23 @@ pub struct EwsUpdate {
     pub lost_reason: Option<String>,
 }
 
+/// The redelivery-index entry of a stored EWS event that carried a given watermark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkKeys {
+    pub remote_subscription_id: String,
+    /// Its dedupe key as an event acted on.
+    pub event: String,
+    /// Its dedupe key as a keep-alive status event (stored as ignored).
+    pub status: String,
+}
+
 impl EwsUpdate {
     #[must_use]
     pub const fn new(subscription_id: i64) -> Self {
         Self {
             subscription_id,
             first_previous: None,
+            previous_keys: None,
             last_watermark: None,
             inner_gap: false,
             lost_reason: None,

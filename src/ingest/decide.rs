@@ -15,7 +15,7 @@ use super::IngestOptions;
 use super::cache::SubscriptionCache;
 use super::checkout::{Checkout, StoreError};
 use crate::db::events::NewEvent;
-use crate::db::subscriptions::{EwsUpdate, SubscriptionRow};
+use crate::db::subscriptions::{EwsUpdate, SubscriptionRow, WatermarkKeys};
 use crate::domain::{Backend, EventStatus, RejectReason};
 use crate::ews::{
     Event, EventKind, NotificationMessage, ObjectRef, SendNotification, SubscriptionStatus,
@@ -187,7 +187,7 @@ fn plan_ews(
                     };
                     let payload = ews_payload(n, event);
                     let key = match &event.watermark {
-                        Some(w) => digest_hex(&["ews-watermark", w]),
+                        Some(w) => watermark_key(w),
                         None => digest_hex(&["ews-event", &payload]),
                     };
                     plan.events.push(NewEvent {
@@ -213,6 +213,14 @@ fn plan_ews(
                         // The first notification of this batch: the database compares its
                         // PreviousWatermark with the stored chain when it applies the update.
                         update.first_previous.clone_from(&n.previous_watermark);
+                        update.previous_keys = n.previous_watermark.as_deref().map(|w| {
+                            let event = watermark_key(w);
+                            WatermarkKeys {
+                                remote_subscription_id: n.subscription_id.clone(),
+                                status: dedupe_key(Some(RejectReason::KeepAlive), &event),
+                                event,
+                            }
+                        });
                     } else if let (Some(previous), Some(current)) =
                         (&n.previous_watermark, &update.last_watermark)
                     {
@@ -391,6 +399,11 @@ fn ews_payload(n: &crate::ews::Notification, event: &Event) -> String {
     };
     // Serialising borrowed strings and numbers cannot fail.
     serde_json::to_string(&payload).unwrap_or_default()
+}
+
+/// The redelivery key of an EWS event that carries a watermark.
+fn watermark_key(watermark: &str) -> String {
+    digest_hex(&["ews-watermark", watermark])
 }
 
 /// The stored dedupe key: `key` for an event that is acted on, and a key of a namespace of its

@@ -15,6 +15,7 @@
 //! is restarted.
 
 mod cache;
+mod chains;
 mod checkout;
 mod decide;
 
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use cache::SubscriptionCache;
+use chains::ChainMemory;
 pub use checkout::Connect;
 use checkout::{Checkout, StoreError};
 pub use decide::{Ack, Delivery};
@@ -266,6 +268,7 @@ impl Ingestor {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let receiver = Arc::new(Mutex::new(receiver));
         let cache = Arc::new(SubscriptionCache::default());
+        let chains = Arc::new(ChainMemory::default());
         let abort = CancellationToken::new();
         #[cfg(test)]
         let panics = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -273,6 +276,7 @@ impl Ingestor {
             let flusher = Arc::new(Flusher {
                 connect: connect.clone(),
                 cache: Arc::clone(&cache),
+                chains: Arc::clone(&chains),
                 options,
                 metrics: Arc::clone(&metrics),
                 wake_worker: Arc::clone(&wake_worker),
@@ -407,6 +411,7 @@ async fn supervise(
 struct Flusher {
     connect: Connect,
     cache: Arc<SubscriptionCache>,
+    chains: Arc<ChainMemory>,
     options: IngestOptions,
     metrics: Arc<Metrics>,
     wake_worker: Arc<Notify>,
@@ -565,6 +570,8 @@ impl Flusher {
         let mut conn = Checkout::take(conn, &self.connect).await?;
         let lookup = decide::lookup(&mut conn, &self.cache, deliveries, self.options).await?;
         let plan = decide::plan(deliveries, &lookup);
+        let now = Instant::now();
+        let ews = self.chains.to_send(&plan.ews_updates, now);
         let outcome = tokio::time::timeout(
             limit,
             db::events::retire_lapsed_keys(conn.begin()?, &plan.events),
@@ -573,16 +580,12 @@ impl Flusher {
         conn.end(outcome, limit)?;
         let outcome = tokio::time::timeout(
             limit,
-            db::events::insert_batch(
-                conn.begin()?,
-                &plan.events,
-                &plan.ews_updates,
-                &plan.graph_touched,
-            ),
+            db::events::insert_batch(conn.begin()?, &plan.events, &ews, &plan.graph_touched),
         )
         .await;
         let stored = conn.end(outcome, limit)?;
         drop(conn);
+        self.chains.committed(&plan.ews_updates, &ews, now);
         self.metrics
             .ingest_commit_duration
             .observe(started.elapsed().as_secs_f64());

@@ -1176,33 +1176,135 @@ async fn chain(pool: &PgPool, sub: i64) -> (Option<String>, bool) {
     (watermark, gap.is_some())
 }
 
+/// The created fixture (W2 → W3, W4) with its watermarks renamed: `previous` → `middle`,
+/// `last`.
+fn ews_chain(previous: &str, middle: &str, last: &str) -> Vec<u8> {
+    String::from_utf8(fixture("ews/send-notification-created.xml"))
+        .unwrap()
+        .replace(EWS_W4, last)
+        .replace(EWS_W3, middle)
+        .replace(EWS_W2, previous)
+        .into_bytes()
+}
+
+async fn post_ok(app: &TestApp, body: Vec<u8>) {
+    let response = post(app, "text/xml", body).await;
+    assert!(response.text().await.unwrap().contains(">OK<"));
+}
+
+/// A service process of its own on the test's database (stopping one closes its pool), so that
+/// a test can restart the service.
+async fn process(pool: &PgPool) -> TestApp {
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_lazy_with(pool.connect_options().as_ref().clone());
+    TestApp::spawn(own).await
+}
+
+/// The subscription row's version: changes whenever the row is written.
+async fn row_version(pool: &PgPool, sub: i64) -> String {
+    sqlx::query_scalar("select xmin::text from subscriptions where id = $1")
+        .bind(sub)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 #[sqlx::test]
 async fn a_late_commit_of_an_older_notification_never_moves_the_watermark_back(pool: PgPool) {
     let sub = seed_ews(&pool, "active", Some(EWS_W2)).await;
-    let app = TestApp::spawn(pool.clone()).await;
-    // N1 runs W2 → W4; N2 continues W4 → W6.
-    let first = String::from_utf8(fixture("ews/send-notification-created.xml")).unwrap();
-    let second = first
-        .replace(EWS_W4, "AQAAAHJvb20tYS13bS0wMDA2")
-        .replace(EWS_W3, "AQAAAHJvb20tYS13bS0wMDA1")
-        .replace(EWS_W2, EWS_W4);
-    for body in [&first, &second] {
-        let response = post(&app, "text/xml", body.clone().into_bytes()).await;
-        assert!(response.text().await.unwrap().contains(">OK<"));
-    }
-    assert_eq!(
-        chain(&pool, sub).await,
-        (Some("AQAAAHJvb20tYS13bS0wMDA2".to_owned()), false)
-    );
+    // N1 runs W2 → W4; N2 continues W4 → W6. Each goes to a fresh process, whose first batch
+    // of a subscription always goes to the database's judgement.
+    let app = process(&pool).await;
+    post_ok(&app, ews_chain(EWS_W2, EWS_W3, EWS_W4)).await;
+    app.stop().await;
+    let app = process(&pool).await;
+    post_ok(&app, ews_chain(EWS_W4, "WM-5", "WM-6")).await;
+    assert_eq!(chain(&pool, sub).await, (Some("WM-6".to_owned()), false));
     // Exchange retried N1 while its first copy was stuck before commit; the retry was stored and
     // answered, N2 followed, and now the stuck copy commits.
-    let response = post(&app, "text/xml", first.into_bytes()).await;
-    assert!(response.text().await.unwrap().contains(">OK<"));
+    post_ok(&app, ews_chain(EWS_W2, EWS_W3, EWS_W4)).await;
     assert_eq!(
         chain(&pool, sub).await,
-        (Some("AQAAAHJvb20tYS13bS0wMDA2".to_owned()), false),
+        (Some("WM-6".to_owned()), false),
         "the chain neither moves back nor records a gap"
     );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn notifications_that_continue_the_chain_leave_the_subscription_row_alone_for_seconds(
+    pool: PgPool,
+) {
+    let sub = seed_ews(&pool, "active", Some(EWS_W2)).await;
+    let app = process(&pool).await;
+    post_ok(&app, ews_chain(EWS_W2, EWS_W3, EWS_W4)).await;
+    assert_eq!(chain(&pool, sub).await, (Some(EWS_W4.to_owned()), false));
+    let version = row_version(&pool, sub).await;
+    post_ok(&app, ews_chain(EWS_W4, "WM-5", "WM-6")).await;
+    post_ok(&app, ews_chain("WM-6", "WM-7", "WM-8")).await;
+    assert_eq!(event_count(&pool).await, 6, "every event is stored");
+    assert_eq!(
+        row_version(&pool, sub).await,
+        version,
+        "no row version per notification"
+    );
+    assert_eq!(
+        chain(&pool, sub).await,
+        (Some(EWS_W4.to_owned()), false),
+        "the stored end lags, without a gap"
+    );
+    // A break is recorded at once, whatever the stored end.
+    post_ok(&app, ews_chain("WM-10", "WM-11", "WM-12")).await;
+    assert_eq!(chain(&pool, sub).await, (Some("WM-12".to_owned()), true));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn after_a_restart_a_chain_ahead_of_the_stored_end_is_no_gap_and_a_break_still_is(
+    pool: PgPool,
+) {
+    let sub = seed_ews(&pool, "active", Some(EWS_W2)).await;
+    let app = process(&pool).await;
+    post_ok(&app, ews_chain(EWS_W2, EWS_W3, EWS_W4)).await;
+    post_ok(&app, ews_chain(EWS_W4, "WM-5", "WM-6")).await;
+    app.stop().await;
+    assert_eq!(chain(&pool, sub).await, (Some(EWS_W4.to_owned()), false));
+    // A new process knows nothing of W6 but finds its event stored.
+    let app = process(&pool).await;
+    post_ok(&app, ews_chain("WM-6", "WM-7", "WM-8")).await;
+    assert_eq!(chain(&pool, sub).await, (Some("WM-8".to_owned()), false));
+    app.stop().await;
+    // Nor does the next one of WM-9, which was never stored: a gap.
+    let app = process(&pool).await;
+    post_ok(&app, ews_chain("WM-9", "WM-10", "WM-11")).await;
+    assert_eq!(chain(&pool, sub).await, (Some("WM-11".to_owned()), true));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_chain_that_continues_from_a_keep_alive_is_no_gap_after_a_restart(pool: PgPool) {
+    const EWS_W1: &str = "AQAAAHJvb20tYS13bS0wMDAx";
+    let sub = seed_ews(&pool, "active", Some(EWS_W1)).await;
+    let status = String::from_utf8(fixture("ews/send-notification-status.xml")).unwrap();
+    let app = process(&pool).await;
+    // Keep-alives W1 → W2, then W2 → WM-3: the second is continuous, so the stored end stays W2.
+    post_ok(&app, status.clone().into_bytes()).await;
+    post_ok(
+        &app,
+        status
+            .replace(EWS_W2, "WM-3")
+            .replace(EWS_W1, EWS_W2)
+            .into_bytes(),
+    )
+    .await;
+    app.stop().await;
+    assert_eq!(chain(&pool, sub).await, (Some(EWS_W2.to_owned()), false));
+    // The keep-alive's event is stored as ignored, under a key of its own; a booking continuing
+    // from it is still no gap.
+    let app = process(&pool).await;
+    post_ok(&app, ews_chain("WM-3", "WM-4", "WM-5")).await;
+    assert_eq!(chain(&pool, sub).await, (Some("WM-5".to_owned()), false));
     app.stop().await;
 }
 

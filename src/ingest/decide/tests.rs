@@ -94,11 +94,13 @@ fn ews_events_of_an_active_subscription_are_pending_and_advance_the_watermark() 
     );
     assert_eq!(plan.events[1].item_id, None, "a folder event names no item");
     assert_ne!(plan.events[0].dedupe_key, plan.events[1].dedupe_key);
+    let keys = plan.ews_updates[0].previous_keys.clone();
     assert_eq!(
         plan.ews_updates,
         vec![EwsUpdate {
             subscription_id: 1,
             first_previous: Some(EWS_PREVIOUS.to_owned()),
+            previous_keys: keys,
             last_watermark: Some(EWS_LAST.to_owned()),
             inner_gap: false,
             lost_reason: None,
@@ -402,4 +404,35 @@ fn the_ews_payload_is_byte_for_byte_what_earlier_versions_stored() {
     }
     // Moved events carry old targets, modified ones unread counts, status ones nothing.
     assert!(events >= 10, "only {events} events compared");
+}
+
+const EWS_STATUS: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/ews/send-notification-status.xml"
+));
+
+#[test]
+fn an_update_looks_for_the_previous_notification_under_the_keys_its_events_were_stored_with() {
+    // The created fixture runs W2 → W3, W4; one continuing from W4 names W4's event.
+    let earlier = plan(&[&ews()], &active_ews());
+    let later = plan(&[&ews_next(EWS_LAST, "b")], &active_ews());
+    let keys = later.ews_updates[0].previous_keys.clone().unwrap();
+    assert_eq!(keys.remote_subscription_id, EWS_SUB);
+    let last_event = earlier.events.last().unwrap();
+    assert_eq!(keys.event, last_event.dedupe_key);
+    assert_eq!(last_event.remote_subscription_id.as_deref(), Some(EWS_SUB));
+
+    // The status fixture runs W1 → W2 with a keep-alive, stored as ignored under a key of its
+    // own; the created fixture continues from W2.
+    let keep_alive = plan(
+        &[&Delivery::ews(parse_send_notification(EWS_STATUS).unwrap())],
+        &active_ews(),
+    );
+    assert_eq!(
+        keep_alive.events[0].reject_reason,
+        Some(RejectReason::KeepAlive)
+    );
+    let keys = earlier.ews_updates[0].previous_keys.clone().unwrap();
+    assert_eq!(keys.status, keep_alive.events[0].dedupe_key);
+    assert_ne!(keys.event, keys.status);
 }
