@@ -12,6 +12,7 @@ use chrono::Utc;
 use super::{Upkeep, UpkeepError};
 use crate::db;
 use crate::domain::{Backend, ResyncReason, SubscriptionState};
+use crate::graph::subscription::Subscription;
 
 /// The `worker_jobs` row of this job.
 pub const GRAPH_RECONCILE_JOB: &str = "graph_reconcile";
@@ -38,14 +39,16 @@ pub async fn reconcile_graph_subscriptions(u: &Upkeep) -> Result<ReconcileReport
         .iter()
         .any(|m| m.backend == Backend::Graph);
     let mut report = ReconcileReport::default();
-    let wanted: HashSet<String> = db::subscriptions::wanted_graph_remote_ids(&u.pool)
-        .await?
-        .into_iter()
-        .collect();
-    if !uses_graph && wanted.is_empty() {
+    if !uses_graph
+        && db::subscriptions::wanted_graph_remote_ids(&u.pool)
+            .await?
+            .is_empty()
+    {
         // No Graph mailbox: there may be no Graph credentials either.
         return Ok(report);
     }
+    // Checked before listing too, so that a reconciliation that would be postponed anyway
+    // spends none of Graph's listing budget.
     if db::subscriptions::graph_create_in_flight(&u.pool, u.options.lease).await? {
         report.postponed = true;
         return Ok(report);
@@ -53,28 +56,24 @@ pub async fn reconcile_graph_subscriptions(u: &Upkeep) -> Result<ReconcileReport
     let started = Utc::now();
     let listed = u.client.graph().list_subscriptions().await?;
     report.listed = listed.len();
-    let ours: HashSet<String> = db::subscriptions::known_graph_remote_ids(&u.pool)
-        .await?
-        .into_iter()
-        .collect();
-    for s in &listed {
-        let at_our_callback = s.notification_url == u.settings.callback_url;
-        if !wanted.contains(&s.id) && (at_our_callback || ours.contains(&s.id)) {
-            tracing::warn!(subscription = %s.id, resource = %s.resource, "deleting an orphaned Graph subscription");
-            u.client
-                .graph()
-                .delete_subscription("<list>", &s.id)
-                .await?;
-            report.deleted_orphans += 1;
-        }
+    let verdict = judge(
+        &u.pool,
+        &listed,
+        &u.settings.callback_url,
+        u.options.lease,
+        started,
+    )
+    .await?;
+    if verdict.postponed {
+        report.postponed = true;
+        return Ok(report);
     }
-    let listed_ids: HashSet<&str> = listed.iter().map(|s| s.id.as_str()).collect();
-    for (id, mailbox_id, remote_id) in
-        db::subscriptions::active_graph_before(&u.pool, started).await?
-    {
-        if listed_ids.contains(remote_id.as_str()) {
-            continue;
-        }
+    for (id, resource) in &verdict.orphans {
+        tracing::warn!(subscription = %id, %resource, "deleting an orphaned Graph subscription");
+        u.client.graph().delete_subscription("<list>", id).await?;
+        report.deleted_orphans += 1;
+    }
+    for (id, mailbox_id, remote_id) in verdict.lost {
         tracing::warn!(subscription = %remote_id, "Graph no longer has an active subscription; recreating it");
         db::subscriptions::end(
             &u.pool,
@@ -91,8 +90,211 @@ pub async fn reconcile_graph_subscriptions(u: &Upkeep) -> Result<ReconcileReport
     Ok(report)
 }
 
+/// What a listing of Graph's subscriptions, asked for at `started`, calls for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Verdict {
+    /// Graph subscriptions (id, resource) to delete.
+    orphans: Vec<(String, String)>,
+    /// Active subscriptions (row id, mailbox, remote id) Graph no longer has.
+    lost: Vec<(i64, i64, String)>,
+    /// A create is in flight: act on nothing.
+    postponed: bool,
+}
+
+/// Judges `listed` against the database as it is once the listing has arrived, not as it was
+/// before it was asked for: a create that started meanwhile shows in the listing while its row
+/// is still pending, or just became active, and must not be taken for an orphan (deleting it
+/// would leave its room without notifications until the next renewal, hours later).
+async fn judge(
+    pool: &sqlx::PgPool,
+    listed: &[Subscription],
+    callback_url: &str,
+    lease: Duration,
+    started: chrono::DateTime<Utc>,
+) -> Result<Verdict, sqlx::Error> {
+    if db::subscriptions::graph_create_in_flight(pool, lease).await? {
+        return Ok(Verdict {
+            postponed: true,
+            ..Verdict::default()
+        });
+    }
+    let wanted: HashSet<String> = db::subscriptions::wanted_graph_remote_ids(pool)
+        .await?
+        .into_iter()
+        .collect();
+    let ours: HashSet<String> = db::subscriptions::known_graph_remote_ids(pool)
+        .await?
+        .into_iter()
+        .collect();
+    let orphans = listed
+        .iter()
+        .filter(|s| {
+            !wanted.contains(&s.id) && (s.notification_url == callback_url || ours.contains(&s.id))
+        })
+        .map(|s| (s.id.clone(), s.resource.clone()))
+        .collect();
+    let listed_ids: HashSet<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    let lost = db::subscriptions::active_graph_before(pool, started)
+        .await?
+        .into_iter()
+        .filter(|(_, _, remote_id)| !listed_ids.contains(remote_id.as_str()))
+        .collect();
+    Ok(Verdict {
+        orphans,
+        lost,
+        postponed: false,
+    })
+}
+
 /// How long to wait before the next reconciliation after a failed one.
 #[must_use]
 pub const fn retry_after_failure() -> Duration {
     Duration::from_secs(5 * 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::PgPool;
+
+    use super::*;
+    use crate::db::subscriptions::{Activation, NewSubscription};
+
+    const CALLBACK: &str = "https://rooms.example/api/webhooks/exchange";
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn at_graph(id: &str, notification_url: &str) -> Subscription {
+        Subscription {
+            id: id.to_owned(),
+            resource: format!("/users/{id}@example.com/events"),
+            change_type: "created,updated,deleted".to_owned(),
+            notification_url: notification_url.to_owned(),
+            lifecycle_notification_url: None,
+            expiration_date_time: Utc::now() + chrono::Duration::hours(1),
+            application_id: None,
+        }
+    }
+
+    /// A subscription row of a mailbox of its own; `remote_id` is unknown while it is pending.
+    async fn row(
+        pool: &PgPool,
+        room: &str,
+        state: SubscriptionState,
+        remote_id: Option<&str>,
+    ) -> i64 {
+        let mailbox = db::mailboxes::upsert(pool, room, Backend::Graph)
+            .await
+            .unwrap();
+        db::subscriptions::insert(
+            pool,
+            &NewSubscription {
+                mailbox_id: mailbox,
+                backend: Backend::Graph,
+                remote_id,
+                status: state,
+                client_state: Some("secret"),
+                callback_url: CALLBACK,
+                expires_at: None,
+                last_watermark: None,
+                resource: None,
+                status_frequency_minutes: None,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[sqlx::test]
+    async fn a_subscription_whose_row_became_active_while_the_list_was_taken_is_no_orphan(
+        pool: PgPool,
+    ) {
+        let started = Utc::now();
+        let listing = [
+            at_graph("made-meanwhile", CALLBACK),
+            at_graph("left-by-a-crash", CALLBACK),
+            at_graph("someone-elses", "https://other.example/hook"),
+        ];
+        // Its create answered while the list was on its way, and its row is active now.
+        row(
+            &pool,
+            "a@example.com",
+            SubscriptionState::Active,
+            Some("made-meanwhile"),
+        )
+        .await;
+        let verdict = judge(&pool, &listing, CALLBACK, LEASE, started)
+            .await
+            .unwrap();
+        assert_eq!(
+            verdict,
+            Verdict {
+                orphans: vec![(
+                    "left-by-a-crash".to_owned(),
+                    "/users/left-by-a-crash@example.com/events".to_owned()
+                )],
+                lost: vec![],
+                postponed: false,
+            }
+        );
+    }
+
+    #[sqlx::test]
+    async fn a_create_still_pending_when_the_list_arrives_postpones_the_reconciliation(
+        pool: PgPool,
+    ) {
+        let started = Utc::now();
+        row(&pool, "a@example.com", SubscriptionState::Pending, None).await;
+        let verdict = judge(
+            &pool,
+            &[at_graph("made-meanwhile", CALLBACK)],
+            CALLBACK,
+            LEASE,
+            started,
+        )
+        .await
+        .unwrap();
+        assert!(verdict.postponed);
+        assert!(verdict.orphans.is_empty());
+    }
+
+    #[sqlx::test]
+    async fn an_active_subscription_graph_no_longer_lists_is_lost_unless_activated_meanwhile(
+        pool: PgPool,
+    ) {
+        let gone = row(&pool, "a@example.com", SubscriptionState::Pending, None).await;
+        db::subscriptions::activate(
+            &pool,
+            gone,
+            &Activation {
+                remote_id: "gone",
+                expires_at: None,
+                renew_at: None,
+                subscribe_watermark: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let started = Utc::now();
+        let fresh = row(&pool, "b@example.com", SubscriptionState::Pending, None).await;
+        db::subscriptions::activate(
+            &pool,
+            fresh,
+            &Activation {
+                remote_id: "fresh",
+                expires_at: None,
+                renew_at: None,
+                subscribe_watermark: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let verdict = judge(&pool, &[], CALLBACK, LEASE, started).await.unwrap();
+        let mailbox: i64 = sqlx::query_scalar("select mailbox_id from subscriptions where id = $1")
+            .bind(gone)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(verdict.lost, vec![(gone, mailbox, "gone".to_owned())]);
+    }
 }
