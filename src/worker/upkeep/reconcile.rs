@@ -203,6 +203,111 @@ mod tests {
         .unwrap()
     }
 
+    /// The race itself, against the simulator: Graph answers every request after 800 ms, and
+    /// the row of a subscription created just before becomes active while the list is on its
+    /// way.
+    #[sqlx::test]
+    async fn a_subscription_that_becomes_active_while_graph_lists_is_not_deleted(pool: PgPool) {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+
+        use axum::extract::Query;
+        use tokio_util::sync::CancellationToken;
+
+        use crate::exchange::ExchangeClient;
+        use crate::graph::subscription::CreateSubscription;
+        use crate::metrics::Metrics;
+        use crate::simulator::{Simulator, SimulatorConfig};
+        use crate::worker::WorkerOptions;
+
+        const ROOM: &str = "room@sim.example";
+        let stop = CancellationToken::new();
+        // Answers the validation handshake at the callback URL, as the service would.
+        let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let callback = format!(
+            "http://{}/api/webhooks/exchange",
+            hook.local_addr().unwrap()
+        );
+        let echo = axum::Router::new().route(
+            "/api/webhooks/exchange",
+            axum::routing::post(|q: Query<HashMap<String, String>>| async move {
+                q.get("validationToken").cloned().unwrap_or_default()
+            }),
+        );
+        tokio::spawn(async move { axum::serve(hook, echo).await });
+        let sim = Simulator::start(
+            SimulatorConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                latency: Duration::from_millis(800),
+                rooms: vec![ROOM.to_owned()],
+                ..SimulatorConfig::default()
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let base = sim.base_url().trim_end_matches('/').to_owned();
+        let env: Vec<(String, String)> = [
+            ("IdpRootUrl", "http://127.0.0.1:1".to_owned()),
+            ("ExchangePushNotificationEndpointUrl", callback.clone()),
+            ("ExchangeRoomMailboxes", format!("graph:{ROOM}")),
+            ("GraphBaseUrl", format!("{base}/v1.0")),
+            ("AzureAuthorityHost", base.clone()),
+            ("AzureTenantId", "sim-tenant".to_owned()),
+            ("AzureClientId", "sim-client".to_owned()),
+            ("AzureClientSecret", "sim-secret".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let settings = crate::config::load_from(None, &env).unwrap().settings;
+        let options = WorkerOptions::default();
+        let client = ExchangeClient::new(settings.exchange.clone(), options.limits).unwrap();
+        let upkeep = Upkeep {
+            pool: pool.clone(),
+            client: Arc::new(client),
+            settings: Arc::new(settings),
+            options,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let resource = format!("/users/{ROOM}/events");
+        let created = upkeep
+            .client
+            .graph()
+            .create_subscription(
+                ROOM,
+                &CreateSubscription {
+                    change_type: "created,updated,deleted",
+                    notification_url: &callback,
+                    lifecycle_notification_url: &callback,
+                    resource: &resource,
+                    expiration_date_time: Utc::now() + chrono::Duration::hours(1),
+                    client_state: "secret",
+                    latest_supported_tls_version: "v1_2",
+                },
+            )
+            .await
+            .unwrap();
+        let job = {
+            let upkeep = upkeep.clone();
+            tokio::spawn(async move { reconcile_graph_subscriptions(&upkeep).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!job.is_finished(), "the list is still on its way");
+        row(&pool, ROOM, SubscriptionState::Active, Some(&created.id)).await;
+        let report = job.await.unwrap().unwrap();
+        assert_eq!(report.listed, 1);
+        assert_eq!(report.deleted_orphans, 0);
+        assert!(
+            sim.control()
+                .graph_subscriptions()
+                .iter()
+                .any(|s| s.id == created.id),
+            "the subscription lives on at Graph"
+        );
+        stop.cancel();
+    }
+
     #[sqlx::test]
     async fn a_subscription_whose_row_became_active_while_the_list_was_taken_is_no_orphan(
         pool: PgPool,
