@@ -130,8 +130,8 @@ pub fn main() -> ExitCode {
     }
     // One thread for every task. The service waits on sockets nearly all the time, and on a
     // multi-threaded runtime the wake-ups and hand-offs between workers cost more CPU than the
-    // requests themselves (measured: a fifth of the CPU per webhook acknowledgement). Parses
-    // big enough to hold the thread go to the blocking pool (`offload`).
+    // requests themselves (measured: about a quarter of the CPU per webhook acknowledgement).
+    // Parses big enough to hold the thread go to the blocking pool (`offload`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
