@@ -203,6 +203,21 @@ mod tests {
         .unwrap()
     }
 
+    /// A row created pending and then activated as `remote_id`, as upkeep does.
+    async fn activated(pool: &PgPool, room: &str, remote_id: &str) -> i64 {
+        let id = row(pool, room, SubscriptionState::Pending, None).await;
+        let activation = Activation {
+            remote_id,
+            expires_at: None,
+            renew_at: None,
+            subscribe_watermark: None,
+        };
+        db::subscriptions::activate(pool, id, &activation, None)
+            .await
+            .unwrap();
+        id
+    }
+
     /// The race itself, against the simulator: Graph answers every request after 800 ms, and
     /// the row of a subscription created just before becomes active while the list is on its
     /// way.
@@ -365,35 +380,9 @@ mod tests {
     async fn an_active_subscription_graph_no_longer_lists_is_lost_unless_activated_meanwhile(
         pool: PgPool,
     ) {
-        let gone = row(&pool, "a@example.com", SubscriptionState::Pending, None).await;
-        db::subscriptions::activate(
-            &pool,
-            gone,
-            &Activation {
-                remote_id: "gone",
-                expires_at: None,
-                renew_at: None,
-                subscribe_watermark: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        let gone = activated(&pool, "a@example.com", "gone").await;
         let started = Utc::now();
-        let fresh = row(&pool, "b@example.com", SubscriptionState::Pending, None).await;
-        db::subscriptions::activate(
-            &pool,
-            fresh,
-            &Activation {
-                remote_id: "fresh",
-                expires_at: None,
-                renew_at: None,
-                subscribe_watermark: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        activated(&pool, "b@example.com", "fresh").await;
         let verdict = judge(&pool, &[], CALLBACK, LEASE, started).await.unwrap();
         let mailbox: i64 = sqlx::query_scalar("select mailbox_id from subscriptions where id = $1")
             .bind(gone)
