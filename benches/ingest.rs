@@ -10,9 +10,10 @@
 //! 300 slowloris clients holding connections open (trickling a header line a second),
 //! alternated three times, with the ratio of the median p99s; (3) the same for EWS (one
 //! subscription per connection, a continuous watermark chain); (4) the validation handshake
-//! echo at 2000/s and closed loop. It prints acks/s, latency percentiles, errors, rows stored vs acknowledged, CPU per ack
-//! of the service and of Postgres (backends of other databases excluded), the service's RSS,
-//! acks/s ÷ pgbench rate, and a summary table against the targets.
+//! echo at 2000/s and closed loop. It prints acks/s, latency percentiles, errors, rows stored
+//! vs acknowledged, CPU per ack of the service and of Postgres (backends of other databases
+//! excluded), the service's RSS, acks/s ÷ pgbench rate, and a summary table against the
+//! targets.
 //!
 //! `cargo bench --bench ingest` (Postgres at $DATABASE_URL's server, default 127.0.0.1:5432).
 //! `BENCH_SECONDS` sets each phase's length (default 10). `BENCH_SERVICE_BIN` runs another

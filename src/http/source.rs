@@ -44,7 +44,8 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 }
 
 /// Refuses callers outside `WebhookAllowedIpRanges` with 403; the webhook calls it before
-/// anything else, so a refused caller's body is never read. A request whose peer is unknown (not from a listener) is refused when an allow-list is set.
+/// anything else, so a refused caller's body is never read. A request whose peer is unknown
+/// (not from a listener) is refused when an allow-list is set.
 pub(super) fn check(
     http: &HttpSettings,
     peer: Option<SocketAddr>,
