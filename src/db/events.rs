@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use sqlx::PgExecutor;
 
 use super::subscriptions::EwsUpdate;
@@ -28,11 +29,38 @@ pub struct NewEvent {
     pub payload: String,
 }
 
+/// The redelivery index's entry for an event: SHA-256 over `backend`, `remote_subscription_id`
+/// and `dedupe_key`, each after its length in bytes (big-endian `u64`; a missing subscription
+/// id is the length `u64::MAX` with no bytes). The same bytes as the schema's
+/// `notification_events_redelivery_digest`, which the migration backfilled stored rows with.
+#[must_use]
+pub fn redelivery_digest(
+    backend: Backend,
+    remote_subscription_id: Option<&str>,
+    dedupe_key: &str,
+) -> [u8; 32] {
+    fn part(hasher: &mut Sha256, part: Option<&str>) {
+        match part {
+            Some(text) => {
+                hasher.update((text.len() as u64).to_be_bytes());
+                hasher.update(text.as_bytes());
+            }
+            None => hasher.update(u64::MAX.to_be_bytes()),
+        }
+    }
+    let mut hasher = Sha256::new();
+    part(&mut hasher, Some(backend.as_str()));
+    part(&mut hasher, remote_subscription_id);
+    part(&mut hasher, Some(dedupe_key));
+    hasher.finalize().into()
+}
+
 /// How many watermarks `subscriptions.recent_watermarks` keeps.
 const RECENT_WATERMARKS: usize = 16;
 
 /// Stores a batch in one statement, so in one round trip and one commit: inserts `events`
-/// (skipping redeliveries: same backend, subscription and dedupe key), applies `ews` to the EWS
+/// (skipping redeliveries: same backend, subscription and dedupe key, found by
+/// [`redelivery_digest`]), applies `ews` to the EWS
 /// watermark chains (and records losses reported by Exchange), and stamps Graph subscriptions'
 /// last notification time at most every few seconds (each stamp locks the row until commit).
 /// Returns how many events of each `(backend, kind)` were actually inserted.
@@ -51,8 +79,8 @@ const RECENT_WATERMARKS: usize = 16;
 ///
 /// Events with a `dedupe_window` first retire the key of an identical stored event older than
 /// the window (a second statement before the insert, only when the batch has such events): the
-/// old row's key gets its id appended, so the new occurrence is inserted under the plain key and
-/// its own redeliveries still collide with it. Done outside the insert's transaction on purpose:
+/// old row leaves the redelivery index (its key gets its id appended, for the reader), so the new
+/// occurrence is inserted under the plain key and its own redeliveries still collide with it. Done outside the insert's transaction on purpose:
 /// if the insert then fails, the old row's key has lapsed just the same.
 ///
 /// # Errors
@@ -83,14 +111,15 @@ pub async fn insert_batch<'c>(
         "with inserted as (
              insert into notification_events
                  (backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
-                  status, reject_reason, dedupe_key, payload)
+                  status, reject_reason, dedupe_key, payload, redelivery_digest)
              select backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
-                    status, reject_reason, dedupe_key, payload
+                    status, reject_reason, dedupe_key, payload, redelivery_digest
              from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $20::bytea[])
                   as e(backend, remote_subscription_id, subscription_id, mailbox_id, kind,
-                       item_id, status, reject_reason, dedupe_key, payload)
-             on conflict on constraint notification_events_dedupe_key do nothing
+                       item_id, status, reject_reason, dedupe_key, payload, redelivery_digest)
+             on conflict (redelivery_digest) do nothing
              returning backend, kind, subscription_id
          ),
          ews as (
@@ -136,24 +165,21 @@ pub async fn insert_batch<'c>(
                  lost_reason = coalesce(u.lost_reason, s.lost_reason),
                  updated_at = now()
              from unnest($11::bigint[], $12::text[], $13::text[], $14::bool[], $15::text[],
-                         $18::text[], $19::text[], $20::text[])
+                         $18::bytea[], $19::bytea[])
                       as u(id, first_previous, last_watermark, inner_gap, lost_reason,
-                           remote_id, previous_key, previous_status_key)
+                           previous_digest, previous_status_digest)
                   left join (select distinct subscription_id from inserted) i
                       on i.subscription_id = u.id
                   -- Is the event PreviousWatermark names stored? A probe of the redelivery
-                  -- index per subscription, under each of its two keys (the second only when
-                  -- the first finds nothing). Each key with `=` of its own: as `in (a, b)` the
-                  -- planner may scan the subscription's whole range of the index.
+                  -- index per subscription, under each of its two entries (the second only
+                  -- when the first finds nothing).
                   left join lateral (
                       select true as found
                       from (select from notification_events e
-                            where e.backend = 'ews' and e.remote_subscription_id = u.remote_id
-                              and e.dedupe_key = u.previous_key
+                            where e.redelivery_digest = u.previous_digest
                             union all
                             select from notification_events e
-                            where e.backend = 'ews' and e.remote_subscription_id = u.remote_id
-                              and e.dedupe_key = u.previous_status_key) stored
+                            where e.redelivery_digest = u.previous_status_digest) stored
                       limit 1
                   ) p on true
              -- `s.id = any(...)` as well: lets the planner find the rows by primary key
@@ -232,29 +258,36 @@ pub async fn insert_batch<'c>(
     .bind(
         ews.iter()
             .map(|u| {
-                u.previous_keys
-                    .as_ref()
-                    .map(|k| k.remote_subscription_id.as_str())
+                u.previous_keys.as_ref().map(|k| {
+                    redelivery_digest(Backend::Ews, Some(&k.remote_subscription_id), &k.event)
+                })
             })
             .collect::<Vec<_>>(),
     )
     .bind(
         ews.iter()
-            .map(|u| u.previous_keys.as_ref().map(|k| k.event.as_str()))
+            .map(|u| {
+                u.previous_keys.as_ref().map(|k| {
+                    redelivery_digest(Backend::Ews, Some(&k.remote_subscription_id), &k.status)
+                })
+            })
             .collect::<Vec<_>>(),
     )
     .bind(
-        ews.iter()
-            .map(|u| u.previous_keys.as_ref().map(|k| k.status.as_str()))
+        events
+            .iter()
+            .map(|e| {
+                redelivery_digest(e.backend, e.remote_subscription_id.as_deref(), &e.dedupe_key)
+            })
             .collect::<Vec<_>>(),
     )
     .fetch_all(executor)
     .await
 }
 
-/// Appends its id to the key of every stored event that shares the key of one of `events`
-/// with a `dedupe_window` and was received longer than that window ago (see [`store_batch`]);
-/// no round trip when none of `events` has a window.
+/// Takes out of the redelivery index (appending its id to its key) every stored event that
+/// shares the key of one of `events` with a `dedupe_window` and was received longer than that
+/// window ago (see [`store_batch`]); no round trip when none of `events` has a window.
 ///
 /// # Errors
 /// Database errors, including a statement timeout.
@@ -270,30 +303,18 @@ pub async fn retire_lapsed_keys<'c>(
         return Ok(());
     }
     sqlx::query(
-        "update notification_events n set dedupe_key = n.dedupe_key || ':' || n.id
-         from unnest($1::text[], $2::text[], $3::text[], $4::float8[])
-              as r(backend, remote_subscription_id, dedupe_key, window_seconds)
-         where n.backend = r.backend
-           and n.remote_subscription_id = r.remote_subscription_id
-           and n.dedupe_key = r.dedupe_key
+        "update notification_events n
+         set dedupe_key = n.dedupe_key || ':' || n.id, redelivery_digest = null
+         from unnest($1::bytea[], $2::float8[]) as r(redelivery_digest, window_seconds)
+         where n.redelivery_digest = r.redelivery_digest
            and n.received_at < now() - make_interval(secs => r.window_seconds)",
     )
     .bind(
         windowed
             .iter()
-            .map(|(e, _)| e.backend.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        windowed
-            .iter()
-            .map(|(e, _)| e.remote_subscription_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        windowed
-            .iter()
-            .map(|(e, _)| e.dedupe_key.as_str())
+            .map(|(e, _)| {
+                redelivery_digest(e.backend, e.remote_subscription_id.as_deref(), &e.dedupe_key)
+            })
             .collect::<Vec<_>>(),
     )
     .bind(

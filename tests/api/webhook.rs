@@ -231,6 +231,84 @@ async fn a_redelivered_notification_is_stored_once_and_answered_the_same(pool: P
     app.stop().await;
 }
 
+/// Events stored before the redelivery index became a digest column (migration
+/// 20261130000005) still keep out their redeliveries after it: the migration's backfill and
+/// ingest digest a key alike, for every kind of part (ASCII, non-ASCII, a missing
+/// subscription id).
+#[sqlx::test(migrations = false)]
+async fn events_stored_before_the_digest_migration_still_keep_out_their_redeliveries(
+    pool: PgPool,
+) {
+    use std::borrow::Cow;
+
+    use rooms_sync::db::events::{NewEvent, store_batch};
+    use rooms_sync::domain::{Backend, EventStatus};
+    use sqlx::migrate::Migrator;
+
+    const DIGEST_MIGRATION: i64 = 20_261_130_000_005;
+    let before = Migrator {
+        migrations: Cow::Owned(
+            db::MIGRATOR
+                .iter()
+                .filter(|m| m.version < DIGEST_MIGRATION)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    let stored = [
+        ("graph", Some(GRAPH_SUB), "3f9c0a"),
+        ("ews", Some("Zürich-Räume/Sub+1="), "WM-1"),
+        ("graph", None, "lifecycle|missed"),
+    ];
+    for (backend, remote, key) in stored {
+        sqlx::query(
+            "insert into notification_events
+                 (backend, remote_subscription_id, kind, dedupe_key, payload)
+             values ($1, $2, 'created', $3, '{}')",
+        )
+        .bind(backend)
+        .bind(remote)
+        .bind(key)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    db::MIGRATOR.run(&pool).await.unwrap();
+
+    let event = |backend: &str, remote: Option<&str>, key: &str| NewEvent {
+        backend: backend.parse::<Backend>().unwrap(),
+        remote_subscription_id: remote.map(str::to_owned),
+        subscription_id: None,
+        mailbox_id: None,
+        kind: "created".to_owned(),
+        item_id: None,
+        status: EventStatus::Pending,
+        reject_reason: None,
+        dedupe_key: key.to_owned(),
+        dedupe_window: None,
+        payload: "{}".to_owned(),
+    };
+    for (backend, remote, key) in stored {
+        let inserted = store_batch(&pool, &[event(backend, remote, key)], &[], &[])
+            .await
+            .unwrap();
+        assert!(inserted.is_empty(), "{backend} {remote:?} {key}: stored twice");
+    }
+    // Whereas anything that differs in one part is new.
+    let new = [
+        event("ews", Some(GRAPH_SUB), "3f9c0a"),
+        event("graph", Some("Zürich-Räume/Sub+1="), "WM-1"),
+        event("graph", Some(""), "lifecycle|missed"),
+        event("graph", Some(GRAPH_SUB), "3f9c0b"),
+    ];
+    let inserted = store_batch(&pool, &new, &[], &[]).await.unwrap();
+    let count: i64 = inserted.iter().map(|(_, _, n)| n).sum();
+    assert_eq!(count, 4);
+    assert_eq!(event_count(&pool).await, 7);
+}
+
 #[sqlx::test]
 async fn a_previous_watermark_that_breaks_the_stored_chain_records_a_gap(pool: PgPool) {
     let sub = seed_ews(&pool, "active", Some("AQAAAHNvbWV0aGluZy1lbHNl")).await;
