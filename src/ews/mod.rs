@@ -203,7 +203,7 @@ impl<'i> XmlIn<'i> {
         // are resolved), and Postgres text cannot hold one: refusing it here means no parsed
         // value can carry it to the database. After the DOCTYPE check, which reads only the
         // prolog: the cheapest refusal first.
-        if let Some(at) = body.iter().position(|&b| b == 0) {
+        if let Some(at) = memchr::memchr(0, body) {
             return Err(SoapError::Malformed(format!(
                 "NUL byte at byte {at}, which XML does not allow"
             )));
