@@ -277,7 +277,11 @@ pub async fn insert_batch<'c>(
         events
             .iter()
             .map(|e| {
-                redelivery_digest(e.backend, e.remote_subscription_id.as_deref(), &e.dedupe_key)
+                redelivery_digest(
+                    e.backend,
+                    e.remote_subscription_id.as_deref(),
+                    &e.dedupe_key,
+                )
             })
             .collect::<Vec<_>>(),
     )
@@ -313,7 +317,11 @@ pub async fn retire_lapsed_keys<'c>(
         windowed
             .iter()
             .map(|(e, _)| {
-                redelivery_digest(e.backend, e.remote_subscription_id.as_deref(), &e.dedupe_key)
+                redelivery_digest(
+                    e.backend,
+                    e.remote_subscription_id.as_deref(),
+                    &e.dedupe_key,
+                )
             })
             .collect::<Vec<_>>(),
     )

@@ -236,9 +236,7 @@ async fn a_redelivered_notification_is_stored_once_and_answered_the_same(pool: P
 /// ingest digest a key alike, for every kind of part (ASCII, non-ASCII, a missing
 /// subscription id).
 #[sqlx::test(migrations = false)]
-async fn events_stored_before_the_digest_migration_still_keep_out_their_redeliveries(
-    pool: PgPool,
-) {
+async fn events_stored_before_the_digest_migration_still_keep_out_their_redeliveries(pool: PgPool) {
     use std::borrow::Cow;
 
     use rooms_sync::db::events::{NewEvent, store_batch};
@@ -294,7 +292,10 @@ async fn events_stored_before_the_digest_migration_still_keep_out_their_redelive
         let inserted = store_batch(&pool, &[event(backend, remote, key)], &[], &[])
             .await
             .unwrap();
-        assert!(inserted.is_empty(), "{backend} {remote:?} {key}: stored twice");
+        assert!(
+            inserted.is_empty(),
+            "{backend} {remote:?} {key}: stored twice"
+        );
     }
     // Whereas anything that differs in one part is new.
     let new = [
