@@ -2,11 +2,11 @@
 //!
 //! Order of work, cheapest refusal first: source address (before the body is read), Graph's
 //! validation handshake (no body, no database), a database not migrated yet (503), content
-//! type, body size, room in the ingest queue, parse, then store and commit through the
-//! [`crate::ingest::Ingestor`], and only then the acknowledgement. The raw body is dropped once
-//! parsed: a handler waiting for its commit holds only the parsed delivery.
+//! type, declared body size, room in the ingest queue (taken for the declared length before
+//! the body is read, and grown as a body without one arrives), parse, then store and commit
+//! through the [`crate::ingest::Ingestor`], and only then the acknowledgement. The raw body is
+//! dropped once parsed: a handler waiting for its commit holds only the parsed delivery.
 
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
 use super::{ApiError, Shared, WEBHOOK_PATH, source};
 use crate::ews::{parse_send_notification, send_notification_result};
@@ -88,11 +89,20 @@ async fn receive(State(state): State<Shared>, request: Request) -> Result<Respon
     if content_length(request.headers()).is_some_and(|length| length > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let body = read_body(request.into_body(), limit).await?;
-    let reservation = state
+    // Bytes still being uploaded count against the queue's budget too: room for the declared
+    // length is taken before reading, and grown as a body without one arrives.
+    let declared = content_length(request.headers());
+    let mut reservation = state
         .ingestor
-        .reserve(body.len())
-        .map_err(|_| ApiError::NotReady("the ingest queue is full"))?;
+        .reserve(declared.unwrap_or(0))
+        .map_err(|_| QUEUE_FULL)?;
+    let body = read_body(request.into_body(), limit, |total| {
+        state
+            .ingestor
+            .grow(&mut reservation, total)
+            .map_err(|_| QUEUE_FULL)
+    })
+    .await?;
     let delivery = offload::parse(body, move |body| match protocol {
         Protocol::Ews => parse_send_notification(body)
             .map(Delivery::ews)
@@ -108,7 +118,7 @@ async fn receive(State(state): State<Shared>, request: Request) -> Result<Respon
         .submit(delivery, reservation, started)
         .await
         .map_err(|e| match e {
-            IngestError::Overloaded => ApiError::NotReady("the ingest queue is full"),
+            IngestError::Overloaded => QUEUE_FULL,
             IngestError::ShuttingDown => ApiError::NotReady("the service is shutting down"),
             e => ApiError::Unavailable(e.into()),
         })?;
@@ -133,17 +143,51 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
         .ok()
 }
 
+/// The answer when the ingest queue has no room for a delivery's bytes.
+const QUEUE_FULL: ApiError = ApiError::NotReady("the ingest queue is full");
+
 /// Reads the whole body, refusing with 413 as soon as it passes `limit` (nothing past the limit
-/// is buffered).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let mut source = error.source();
-        while let Some(cause) = source {
-            if cause.is::<http_body_util::LengthLimitError>() {
+/// is buffered). `make_room` is told the length read so far before each piece is kept, and
+/// stops the read with its error.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    mut make_room: impl FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Bytes, ApiError> {
+    let mut body = Limited::new(body, limit);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            if error.is::<LengthLimitError>() {
                 return ApiError::PayloadTooLarge { limit };
             }
-            source = cause.source();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                if cause.is::<LengthLimitError>() {
+                    return ApiError::PayloadTooLarge { limit };
+                }
+                source = cause.source();
+            }
+            ApiError::BadRequest("request body could not be read".to_owned())
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        make_room(total)?;
+        chunks.push(data);
+    }
+    // A body that arrived in one piece is passed on without a copy.
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut whole = Vec::with_capacity(total);
+            for chunk in &chunks {
+                whole.extend_from_slice(chunk);
+            }
+            Bytes::from(whole)
         }
-        ApiError::BadRequest("request body could not be read".to_owned())
     })
 }

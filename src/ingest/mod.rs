@@ -91,8 +91,9 @@ pub struct IngestLimits {
     /// started, before it answers 503: under the 3 s after which Graph counts a notification
     /// as failed.
     pub commit_deadline: Duration,
-    /// Body bytes of the deliveries queued or being stored at once (each counts its request
-    /// body's length). Past it, webhooks are answered 503 at once.
+    /// Body bytes of the deliveries being uploaded, queued or being stored at once (each
+    /// counts its request body's length, or its declared length while it arrives). Past it,
+    /// webhooks are answered 503 at once.
     pub queue_bytes: usize,
 }
 
@@ -125,11 +126,12 @@ pub struct IngestOptions {
     pub limits: IngestLimits,
 }
 
-/// Room in the ingest queue for one delivery's body bytes, from [`Ingestor::reserve`]; given
-/// back when the delivery has been answered (or refused).
+/// Room in the ingest queue for one delivery's body bytes, from [`Ingestor::reserve`] (and
+/// [`Ingestor::grow`] while the body arrives); given back when the delivery has been answered
+/// (or refused, or its upload broke off).
 #[derive(Debug)]
 pub struct Reservation {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 }
 
 /// The SQLSTATE of an error the server raised.
@@ -307,9 +309,9 @@ impl Ingestor {
         }
     }
 
-    /// Reserves room for a delivery whose request body was `body_bytes` long, before it is
-    /// parsed. A body larger than the whole budget counts as the whole budget, so it still
-    /// gets in when the queue is empty.
+    /// Reserves room for a delivery whose request body is `body_bytes` long (as far as it is
+    /// known: its declared length, before any of it is read). A body larger than the whole
+    /// budget counts as the whole budget, so it still gets in when the queue is empty.
     ///
     /// # Errors
     /// [`IngestError::Overloaded`] when the queue's bytes are taken: the caller answers 503.
@@ -318,8 +320,34 @@ impl Ingestor {
         let permits = u32::try_from(bytes).map_err(|_| IngestError::Overloaded)?;
         Arc::clone(&self.bytes)
             .try_acquire_many_owned(permits)
-            .map(|permit| Reservation { _permit: permit })
+            .map(|permit| Reservation { permit })
             .map_err(|_| IngestError::Overloaded)
+    }
+
+    /// Grows `reservation` to cover `body_bytes`, for a body that turns out longer than
+    /// reserved while it arrives (one sent without a length): bytes being uploaded count
+    /// against the same budget as bytes waiting for their commit. Capped at the whole budget,
+    /// as in [`Self::reserve`].
+    ///
+    /// # Errors
+    /// [`IngestError::Overloaded`] when the queue's bytes are taken: the caller answers 503.
+    pub fn grow(
+        &self,
+        reservation: &mut Reservation,
+        body_bytes: usize,
+    ) -> Result<(), IngestError> {
+        let wanted = u32::try_from(body_bytes.clamp(1, self.limits.queue_bytes))
+            .map_err(|_| IngestError::Overloaded)?;
+        let held = u32::try_from(reservation.permit.num_permits()).unwrap_or(u32::MAX);
+        let more = wanted.saturating_sub(held);
+        if more == 0 {
+            return Ok(());
+        }
+        let permit = Arc::clone(&self.bytes)
+            .try_acquire_many_owned(more)
+            .map_err(|_| IngestError::Overloaded)?;
+        reservation.permit.merge(permit);
+        Ok(())
     }
 
     /// Stores `delivery` and returns the acknowledgement to send, only after the commit.

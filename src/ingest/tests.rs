@@ -136,6 +136,34 @@ async fn the_queue_takes_no_more_body_bytes_than_its_budget(pool: PgPool) {
     running.stop().await;
 }
 
+#[sqlx::test]
+async fn a_reservation_grows_with_its_body_within_the_same_budget(pool: PgPool) {
+    let running = start(
+        &pool,
+        IngestLimits {
+            queue_bytes: 10_000,
+            ..IngestLimits::default()
+        },
+    );
+    let ingestor = &running.ingestor;
+    // A body sent without a length starts with no room and takes it as it arrives.
+    let mut growing = ingestor.reserve(0).unwrap();
+    ingestor.grow(&mut growing, 3_000).unwrap();
+    ingestor.grow(&mut growing, 2_000).unwrap();
+    let other = ingestor.reserve(7_000).unwrap();
+    assert!(matches!(
+        ingestor.grow(&mut growing, 3_001),
+        Err(IngestError::Overloaded)
+    ));
+    drop(other);
+    // Alone, it may grow to the whole budget and no further.
+    ingestor.grow(&mut growing, 1_000_000).unwrap();
+    assert!(matches!(ingestor.reserve(1), Err(IngestError::Overloaded)));
+    drop(growing);
+    drop(ingestor.reserve(10_000).unwrap());
+    running.stop().await;
+}
+
 #[test]
 fn event_kinds_from_input_never_become_metric_labels() {
     use crate::ews::EventKind;

@@ -341,6 +341,89 @@ async fn a_queue_full_of_body_bytes_answers_503_at_once(pool: PgPool) {
     app.stop().await;
 }
 
+/// Starts a webhook POST on a connection of its own and sends `head` of its body: with a
+/// `Content-Length` of `declared`, or chunked when `declared` is `None`.
+async fn start_upload(app: &TestApp, declared: Option<usize>, head: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let length = match declared {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_owned(),
+    };
+    let mut request = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{length}\r\n\r\n"
+    )
+    .into_bytes();
+    let body = vec![b' '; head];
+    match declared {
+        Some(_) => request.extend_from_slice(&body),
+        None => {
+            request.extend_from_slice(format!("{head:x}\r\n").as_bytes());
+            request.extend_from_slice(&body);
+            request.extend_from_slice(b"\r\n");
+        }
+    }
+    stream.write_all(&request).await.unwrap();
+    stream
+}
+
+#[sqlx::test]
+async fn bodies_still_being_uploaded_count_against_the_queues_byte_budget(pool: PgPool) {
+    let app = spawn_with_limits(
+        pool.clone(),
+        &[],
+        IngestLimits {
+            queue_bytes: 200_000,
+            ..patient()
+        },
+    )
+    .await;
+    let client = fresh_client();
+    assert_eq!(post(&client, &app, graph_body("WARM", 0)).await, 202);
+
+    // Two uploads that declared 90 kB each and sent 10 bytes hold 180 kB of the 200 kB: a
+    // 50 kB delivery does not fit.
+    let declared = vec![
+        start_upload(&app, Some(90_000), 10).await,
+        start_upload(&app, Some(90_000), 10).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        post(&client, &app, graph_body("DECLARED", 50_000)).await,
+        503
+    );
+    // Broken off, they give their room back.
+    drop(declared);
+    eventually(
+        Duration::from_secs(5),
+        "room once the uploads broke off",
+        || {
+            let (client, app) = (&client, &app);
+            async move { post(client, app, graph_body("AFTER-DECLARED", 50_000)).await == 202 }
+        },
+    )
+    .await;
+
+    // A chunked upload declares nothing: it takes room as its bytes arrive.
+    let chunked = start_upload(&app, None, 170_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        post(&client, &app, graph_body("CHUNKED", 50_000)).await,
+        503
+    );
+    drop(chunked);
+    eventually(
+        Duration::from_secs(5),
+        "room once the upload broke off",
+        || {
+            let (client, app) = (&client, &app);
+            async move { post(client, app, graph_body("AFTER-CHUNKED", 50_000)).await == 202 }
+        },
+    )
+    .await;
+    assert_eq!(event_count(&pool).await, 3);
+    app.stop().await;
+}
+
 /// Opens `n` connections that send part of a request's headers and nothing more.
 async fn slow_connections(app: &TestApp, n: usize) -> Vec<TcpStream> {
     let mut streams = Vec::with_capacity(n);
