@@ -60,9 +60,9 @@ const RECENT_WATERMARKS: usize = 16;
 
 /// Stores a batch in one statement, so in one round trip and one commit: inserts `events`
 /// (skipping redeliveries: same backend, subscription and dedupe key, found by
-/// [`redelivery_digest`]), applies `ews` to the EWS
-/// watermark chains (and records losses reported by Exchange), and stamps Graph subscriptions'
-/// last notification time at most every few seconds (each stamp locks the row until commit).
+/// [`redelivery_digest`]), applies `ews` to the EWS watermark chains (and records losses
+/// reported by Exchange), and stamps Graph subscriptions' last notification time at most every
+/// few seconds (each stamp locks the row until commit).
 /// Returns how many events of each `(backend, kind)` were actually inserted.
 ///
 /// The watermark chain of a subscription only moves forward. A batch moves it only if it
@@ -79,9 +79,10 @@ const RECENT_WATERMARKS: usize = 16;
 ///
 /// Events with a `dedupe_window` first retire the key of an identical stored event older than
 /// the window (a second statement before the insert, only when the batch has such events): the
-/// old row leaves the redelivery index (its key gets its id appended, for the reader), so the new
-/// occurrence is inserted under the plain key and its own redeliveries still collide with it. Done outside the insert's transaction on purpose:
-/// if the insert then fails, the old row's key has lapsed just the same.
+/// old row leaves the redelivery index (its key gets its id appended, for the reader), so the
+/// new occurrence is inserted under the plain key and its own redeliveries still collide with
+/// it. Done outside the insert's transaction on purpose: if the insert then fails, the old
+/// row's key has lapsed just the same.
 ///
 /// # Errors
 /// Database errors, including a statement timeout.
