@@ -2,10 +2,10 @@
 //!
 //! Order of work, cheapest refusal first: source address (before the body is read), Graph's
 //! validation handshake (no body, no database), a database not migrated yet (503), content
-//! type, declared body size, room in the ingest queue (taken for the declared length before
-//! the body is read, and grown as a body without one arrives), parse, then store and commit
-//! through the [`crate::ingest::Ingestor`], and only then the acknowledgement. The raw body is
-//! dropped once parsed: a handler waiting for its commit holds only the parsed delivery.
+//! type, declared body size, room in the ingest queue (taken as the body's bytes arrive),
+//! parse, then store and commit through the [`crate::ingest::Ingestor`], and only then the
+//! acknowledgement. The raw body is dropped once parsed: a handler waiting for its commit holds
+//! only the parsed delivery.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -89,13 +89,10 @@ async fn receive(State(state): State<Shared>, request: Request) -> Result<Respon
     if content_length(request.headers()).is_some_and(|length| length > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    // Bytes still being uploaded count against the queue's budget too: room for the declared
-    // length is taken before reading, and grown as a body without one arrives.
-    let declared = content_length(request.headers());
-    let mut reservation = state
-        .ingestor
-        .reserve(declared.unwrap_or(0))
-        .map_err(|_| QUEUE_FULL)?;
+    // Bytes still being uploaded count against the queue's budget too, as they arrive. Not
+    // the declared length: a client that declares megabytes and sends nothing would then hold
+    // room for nothing, and a handful of them would shut every delivery out.
+    let mut reservation = state.ingestor.reserve(0).map_err(|_| QUEUE_FULL)?;
     let body = read_body(request.into_body(), limit, |total| {
         state
             .ingestor
@@ -159,15 +156,13 @@ async fn read_body(
     let mut total = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
-            if error.is::<LengthLimitError>() {
-                return ApiError::PayloadTooLarge { limit };
-            }
-            let mut source = error.source();
-            while let Some(cause) = source {
-                if cause.is::<LengthLimitError>() {
+            // The limit's error, or an error caused by it.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+            while let Some(error) = cause {
+                if error.is::<LengthLimitError>() {
                     return ApiError::PayloadTooLarge { limit };
                 }
-                source = cause.source();
+                cause = error.source();
             }
             ApiError::BadRequest("request body could not be read".to_owned())
         })?;

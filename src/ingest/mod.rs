@@ -92,8 +92,8 @@ pub struct IngestLimits {
     /// as failed.
     pub commit_deadline: Duration,
     /// Body bytes of the deliveries being uploaded, queued or being stored at once (each
-    /// counts its request body's length, or its declared length while it arrives). Past it,
-    /// webhooks are answered 503 at once.
+    /// counts its request body's bytes received so far). Past it, webhooks are answered 503 at
+    /// once.
     pub queue_bytes: usize,
 }
 
@@ -309,9 +309,10 @@ impl Ingestor {
         }
     }
 
-    /// Reserves room for a delivery whose request body is `body_bytes` long (as far as it is
-    /// known: its declared length, before any of it is read). A body larger than the whole
-    /// budget counts as the whole budget, so it still gets in when the queue is empty.
+    /// Reserves room for a delivery whose request body is `body_bytes` long (so far: the
+    /// webhook starts with nothing and grows the reservation as the body arrives). A body
+    /// larger than the whole budget counts as the whole budget, so it still gets in when the
+    /// queue is empty.
     ///
     /// # Errors
     /// [`IngestError::Overloaded`] when the queue's bytes are taken: the caller answers 503.
@@ -324,10 +325,9 @@ impl Ingestor {
             .map_err(|_| IngestError::Overloaded)
     }
 
-    /// Grows `reservation` to cover `body_bytes`, for a body that turns out longer than
-    /// reserved while it arrives (one sent without a length): bytes being uploaded count
-    /// against the same budget as bytes waiting for their commit. Capped at the whole budget,
-    /// as in [`Self::reserve`].
+    /// Grows `reservation` to cover `body_bytes`, as a body arrives: bytes being uploaded
+    /// count against the same budget as bytes waiting for their commit. Capped at the whole
+    /// budget, as in [`Self::reserve`].
     ///
     /// # Errors
     /// [`IngestError::Overloaded`] when the queue's bytes are taken: the caller answers 503.

@@ -380,28 +380,37 @@ async fn bodies_still_being_uploaded_count_against_the_queues_byte_budget(pool: 
     let client = fresh_client();
     assert_eq!(post(&client, &app, graph_body("WARM", 0)).await, 202);
 
-    // Two uploads that declared 90 kB each and sent 10 bytes hold 180 kB of the 200 kB: a
-    // 50 kB delivery does not fit.
-    let declared = vec![
-        start_upload(&app, Some(90_000), 10).await,
-        start_upload(&app, Some(90_000), 10).await,
+    // Uploads count what they have sent, not what they declared: two that declared 90 kB
+    // and sent 85 kB each hold 170 kB of the 200 kB, and a 50 kB delivery does not fit...
+    let sent = vec![
+        start_upload(&app, Some(90_000), 85_000).await,
+        start_upload(&app, Some(90_000), 85_000).await,
     ];
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        post(&client, &app, graph_body("DECLARED", 50_000)).await,
-        503
-    );
-    // Broken off, they give their room back.
-    drop(declared);
+    assert_eq!(post(&client, &app, graph_body("SENT", 50_000)).await, 503);
+    // ...and broken off, they give their room back.
+    drop(sent);
     eventually(
         Duration::from_secs(5),
         "room once the uploads broke off",
         || {
             let (client, app) = (&client, &app);
-            async move { post(client, app, graph_body("AFTER-DECLARED", 50_000)).await == 202 }
+            async move { post(client, app, graph_body("AFTER-SENT", 50_000)).await == 202 }
         },
     )
     .await;
+    // Whereas uploads that declared 1 MB each and sent 10 bytes hold next to nothing: a few
+    // such clients cannot shut deliveries out.
+    let mut declared = Vec::new();
+    for _ in 0..4 {
+        declared.push(start_upload(&app, Some(1_000_000), 10).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        post(&client, &app, graph_body("DECLARED", 50_000)).await,
+        202
+    );
+    drop(declared);
 
     // A chunked upload declares nothing: it takes room as its bytes arrive.
     let chunked = start_upload(&app, None, 170_000).await;
@@ -420,7 +429,7 @@ async fn bodies_still_being_uploaded_count_against_the_queues_byte_budget(pool: 
         },
     )
     .await;
-    assert_eq!(event_count(&pool).await, 3);
+    assert_eq!(event_count(&pool).await, 4);
     app.stop().await;
 }
 
