@@ -302,17 +302,22 @@ async fn shutdown_stops_ingest_within_the_drain_while_the_database_hangs(pool: P
 // ---------------------------------------------------------------------------
 // Bounded memory and connections
 
-#[sqlx::test]
-async fn a_queue_full_of_body_bytes_answers_503_at_once(pool: PgPool) {
-    let app = spawn_with_limits(
-        pool.clone(),
+/// An app whose ingest queue holds 200 kB of bodies, otherwise patient.
+async fn spawn_with_200_kb_of_queue(pool: PgPool) -> TestApp {
+    spawn_with_limits(
+        pool,
         &[],
         IngestLimits {
             queue_bytes: 200_000,
             ..patient()
         },
     )
-    .await;
+    .await
+}
+
+#[sqlx::test]
+async fn a_queue_full_of_body_bytes_answers_503_at_once(pool: PgPool) {
+    let app = spawn_with_200_kb_of_queue(pool.clone()).await;
     assert_eq!(post(&app.client, &app, graph_body("WARM", 0)).await, 202);
     let lock = lock_events(&pool).await;
     // 20 bodies of 50 kB against a budget of 200 kB: at most four fit.
@@ -366,17 +371,20 @@ async fn start_upload(app: &TestApp, declared: Option<usize>, head: usize) -> Tc
     stream
 }
 
-#[sqlx::test]
-async fn bodies_still_being_uploaded_count_against_the_queues_byte_budget(pool: PgPool) {
-    let app = spawn_with_limits(
-        pool.clone(),
-        &[],
-        IngestLimits {
-            queue_bytes: 200_000,
-            ..patient()
-        },
+/// Waits until a 50 kB delivery of `item` is stored again, after uploads holding the room
+/// broke off.
+async fn room_comes_back(client: &reqwest::Client, app: &TestApp, item: &str) {
+    eventually(
+        Duration::from_secs(5),
+        "room once the uploads broke off",
+        || async { post(client, app, graph_body(item, 50_000)).await == 202 },
     )
     .await;
+}
+
+#[sqlx::test]
+async fn bodies_still_being_uploaded_count_against_the_queues_byte_budget(pool: PgPool) {
+    let app = spawn_with_200_kb_of_queue(pool.clone()).await;
     let client = fresh_client();
     assert_eq!(post(&client, &app, graph_body("WARM", 0)).await, 202);
 
@@ -390,15 +398,7 @@ async fn bodies_still_being_uploaded_count_against_the_queues_byte_budget(pool: 
     assert_eq!(post(&client, &app, graph_body("SENT", 50_000)).await, 503);
     // ...and broken off, they give their room back.
     drop(sent);
-    eventually(
-        Duration::from_secs(5),
-        "room once the uploads broke off",
-        || {
-            let (client, app) = (&client, &app);
-            async move { post(client, app, graph_body("AFTER-SENT", 50_000)).await == 202 }
-        },
-    )
-    .await;
+    room_comes_back(&client, &app, "AFTER-SENT").await;
     // Whereas uploads that declared 1 MB each and sent 10 bytes hold next to nothing: a few
     // such clients cannot shut deliveries out.
     let mut declared = Vec::new();
@@ -420,15 +420,7 @@ async fn bodies_still_being_uploaded_count_against_the_queues_byte_budget(pool: 
         503
     );
     drop(chunked);
-    eventually(
-        Duration::from_secs(5),
-        "room once the upload broke off",
-        || {
-            let (client, app) = (&client, &app);
-            async move { post(client, app, graph_body("AFTER-CHUNKED", 50_000)).await == 202 }
-        },
-    )
-    .await;
+    room_comes_back(&client, &app, "AFTER-CHUNKED").await;
     assert_eq!(event_count(&pool).await, 4);
     app.stop().await;
 }

@@ -87,6 +87,28 @@ async fn event_count(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// An event as ingest would store it, pending and matched to nothing, for the tests that call
+/// `db::events::store_batch` themselves.
+fn pending_event(
+    backend: rooms_sync::domain::Backend,
+    remote_subscription_id: Option<&str>,
+    dedupe_key: &str,
+) -> rooms_sync::db::events::NewEvent {
+    rooms_sync::db::events::NewEvent {
+        backend,
+        remote_subscription_id: remote_subscription_id.map(str::to_owned),
+        subscription_id: None,
+        mailbox_id: None,
+        kind: "created".to_owned(),
+        item_id: None,
+        status: rooms_sync::domain::EventStatus::Pending,
+        reject_reason: None,
+        dedupe_key: dedupe_key.to_owned(),
+        dedupe_window: None,
+        payload: "{}".to_owned(),
+    }
+}
+
 async fn post(app: &TestApp, content_type: &str, body: Vec<u8>) -> reqwest::Response {
     app.client
         .post(app.url(PATH))
@@ -239,8 +261,8 @@ async fn a_redelivered_notification_is_stored_once_and_answered_the_same(pool: P
 async fn events_stored_before_the_digest_migration_still_keep_out_their_redeliveries(pool: PgPool) {
     use std::borrow::Cow;
 
-    use rooms_sync::db::events::{NewEvent, store_batch};
-    use rooms_sync::domain::{Backend, EventStatus};
+    use rooms_sync::db::events::store_batch;
+    use rooms_sync::domain::Backend;
     use sqlx::migrate::Migrator;
 
     const DIGEST_MIGRATION: i64 = 20_261_130_000_005;
@@ -275,18 +297,8 @@ async fn events_stored_before_the_digest_migration_still_keep_out_their_redelive
     }
     db::MIGRATOR.run(&pool).await.unwrap();
 
-    let event = |backend: &str, remote: Option<&str>, key: &str| NewEvent {
-        backend: backend.parse::<Backend>().unwrap(),
-        remote_subscription_id: remote.map(str::to_owned),
-        subscription_id: None,
-        mailbox_id: None,
-        kind: "created".to_owned(),
-        item_id: None,
-        status: EventStatus::Pending,
-        reject_reason: None,
-        dedupe_key: key.to_owned(),
-        dedupe_window: None,
-        payload: "{}".to_owned(),
+    let event = |backend: &str, remote: Option<&str>, key: &str| {
+        pending_event(backend.parse::<Backend>().unwrap(), remote, key)
     };
     for (backend, remote, key) in stored {
         let inserted = store_batch(&pool, &[event(backend, remote, key)], &[], &[])
@@ -1391,7 +1403,7 @@ async fn a_chain_that_continues_from_a_keep_alive_is_no_gap_after_a_restart(pool
 async fn a_batch_that_ends_where_the_stored_chain_has_already_passed_leaves_it_alone(pool: PgPool) {
     use rooms_sync::db::events::{NewEvent, store_batch};
     use rooms_sync::db::subscriptions::EwsUpdate;
-    use rooms_sync::domain::{Backend, EventStatus};
+    use rooms_sync::domain::Backend;
 
     let sub = seed_ews(&pool, "active", Some("W0")).await;
     let mailbox: i64 = sqlx::query_scalar("select mailbox_id from subscriptions where id = $1")
@@ -1400,17 +1412,9 @@ async fn a_batch_that_ends_where_the_stored_chain_has_already_passed_leaves_it_a
         .await
         .unwrap();
     let event = |key: &str| NewEvent {
-        backend: Backend::Ews,
-        remote_subscription_id: Some(EWS_SUB.to_owned()),
         subscription_id: Some(sub),
         mailbox_id: Some(mailbox),
-        kind: "created".to_owned(),
-        item_id: None,
-        status: EventStatus::Pending,
-        reject_reason: None,
-        dedupe_key: key.to_owned(),
-        dedupe_window: None,
-        payload: "{}".to_owned(),
+        ..pending_event(Backend::Ews, Some(EWS_SUB), key)
     };
     let update = |previous: &str, last: &str| EwsUpdate {
         first_previous: Some(previous.to_owned()),
@@ -1436,7 +1440,7 @@ async fn a_batch_that_ends_where_the_stored_chain_has_already_passed_leaves_it_a
 async fn a_batch_that_waited_for_a_newer_one_judges_the_chain_as_that_one_left_it(pool: PgPool) {
     use rooms_sync::db::events::{NewEvent, store_batch};
     use rooms_sync::db::subscriptions::EwsUpdate;
-    use rooms_sync::domain::{Backend, EventStatus};
+    use rooms_sync::domain::Backend;
 
     let sub = seed_ews(&pool, "active", Some("W0")).await;
     // The newer batch (W1 → W2) holds the subscription row, uncommitted; W0 → W1 was its
@@ -1455,17 +1459,8 @@ async fn a_batch_that_waited_for_a_newer_one_judges_the_chain_as_that_one_left_i
         let pool = pool.clone();
         tokio::spawn(async move {
             let event = NewEvent {
-                backend: Backend::Ews,
-                remote_subscription_id: Some(EWS_SUB.to_owned()),
                 subscription_id: Some(sub),
-                mailbox_id: None,
-                kind: "created".to_owned(),
-                item_id: None,
-                status: EventStatus::Pending,
-                reject_reason: None,
-                dedupe_key: "late".to_owned(),
-                dedupe_window: None,
-                payload: "{}".to_owned(),
+                ..pending_event(Backend::Ews, Some(EWS_SUB), "late")
             };
             let update = EwsUpdate {
                 first_previous: Some("W0".to_owned()),
