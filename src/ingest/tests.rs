@@ -95,15 +95,20 @@ async fn flushers_that_panic_are_restarted_and_their_deliveries_answered_as_lost
     running.stop().await;
 }
 
-#[sqlx::test]
-async fn the_queue_takes_no_more_body_bytes_than_its_budget(pool: PgPool) {
-    let running = start(
-        &pool,
+/// Ingest with production's limits but a queue of 10 kB of bodies.
+fn start_with_10_kb_of_queue(pool: &PgPool) -> Running {
+    start(
+        pool,
         IngestLimits {
             queue_bytes: 10_000,
             ..IngestLimits::default()
         },
-    );
+    )
+}
+
+#[sqlx::test]
+async fn the_queue_takes_no_more_body_bytes_than_its_budget(pool: PgPool) {
+    let running = start_with_10_kb_of_queue(&pool);
     let first = running.ingestor.reserve(6_000).unwrap();
     assert!(matches!(
         running.ingestor.reserve(6_000),
@@ -138,13 +143,7 @@ async fn the_queue_takes_no_more_body_bytes_than_its_budget(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_reservation_grows_with_its_body_within_the_same_budget(pool: PgPool) {
-    let running = start(
-        &pool,
-        IngestLimits {
-            queue_bytes: 10_000,
-            ..IngestLimits::default()
-        },
-    );
+    let running = start_with_10_kb_of_queue(&pool);
     let ingestor = &running.ingestor;
     // A body sent without a length starts with no room and takes it as it arrives.
     let mut growing = ingestor.reserve(0).unwrap();

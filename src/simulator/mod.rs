@@ -507,15 +507,27 @@ pub struct SimulateArgs {
     pub busy_rate: f64,
 }
 
-/// The settings that point `rooms-sync serve` at a simulator, one `KEY=value` per line.
+/// The settings that point `rooms-sync serve` at a simulator at `base_url`: its endpoints, its
+/// credentials and its rooms (read through Graph, the default backend).
+#[must_use]
+pub fn serve_settings(base_url: &str, config: &SimulatorConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("GraphBaseUrl", format!("{base_url}/v1.0")),
+        ("AzureAuthorityHost", base_url.to_owned()),
+        ("EwsUrl", format!("{base_url}/EWS/Exchange.asmx")),
+        ("AzureTenantId", config.tenant_id.clone()),
+        ("AzureClientId", config.client_id.clone()),
+        ("AzureClientSecret", config.client_secret.clone()),
+        ("ExchangeRoomMailboxes", config.rooms.join(",")),
+    ]
+}
+
+/// [`serve_settings`], one `KEY=value` per line.
 pub fn serve_environment(base_url: &str, config: &SimulatorConfig) -> String {
-    format!(
-        "GraphBaseUrl={base_url}/v1.0\nAzureAuthorityHost={base_url}\nEwsUrl={base_url}/EWS/Exchange.asmx\nAzureTenantId={}\nAzureClientId={}\nAzureClientSecret={}\nExchangeRoomMailboxes={}\n",
-        config.tenant_id,
-        config.client_id,
-        config.client_secret,
-        config.rooms.join(",")
-    )
+    serve_settings(base_url, config)
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}\n"))
+        .collect()
 }
 
 /// What `rooms-sync simulate` prints when it is up: where it listens, the settings for

@@ -232,7 +232,7 @@ mod tests {
         use crate::exchange::ExchangeClient;
         use crate::graph::subscription::CreateSubscription;
         use crate::metrics::Metrics;
-        use crate::simulator::{Simulator, SimulatorConfig};
+        use crate::simulator::{Simulator, SimulatorConfig, serve_settings};
         use crate::worker::WorkerOptions;
 
         const ROOM: &str = "room@sim.example";
@@ -250,31 +250,24 @@ mod tests {
             }),
         );
         tokio::spawn(async move { axum::serve(hook, echo).await });
-        let sim = Simulator::start(
-            SimulatorConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                latency: Duration::from_millis(800),
-                rooms: vec![ROOM.to_owned()],
-                ..SimulatorConfig::default()
-            },
-            stop.clone(),
-        )
-        .await
-        .unwrap();
-        let base = sim.base_url().trim_end_matches('/').to_owned();
-        let env: Vec<(String, String)> = [
-            ("IdpRootUrl", "http://127.0.0.1:1".to_owned()),
-            ("ExchangePushNotificationEndpointUrl", callback.clone()),
-            ("ExchangeRoomMailboxes", format!("graph:{ROOM}")),
-            ("GraphBaseUrl", format!("{base}/v1.0")),
-            ("AzureAuthorityHost", base.clone()),
-            ("AzureTenantId", "sim-tenant".to_owned()),
-            ("AzureClientId", "sim-client".to_owned()),
-            ("AzureClientSecret", "sim-secret".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let config = SimulatorConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            latency: Duration::from_millis(800),
+            rooms: vec![ROOM.to_owned()],
+            ..SimulatorConfig::default()
+        };
+        let sim = Simulator::start(config.clone(), stop.clone())
+            .await
+            .unwrap();
+        let base = sim.base_url().trim_end_matches('/');
+        let env: Vec<(String, String)> = serve_settings(base, &config)
+            .into_iter()
+            .chain([
+                ("IdpRootUrl", "http://127.0.0.1:1".to_owned()),
+                ("ExchangePushNotificationEndpointUrl", callback.clone()),
+            ])
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let settings = crate::config::load_from(None, &env).unwrap().settings;
         let options = WorkerOptions::default();
         let client = ExchangeClient::new(settings.exchange.clone(), options.limits).unwrap();
