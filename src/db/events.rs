@@ -61,8 +61,10 @@ const RECENT_WATERMARKS: usize = 16;
 /// Stores a batch in one statement, so in one round trip and one commit: inserts `events`
 /// (skipping redeliveries: same backend, subscription and dedupe key, found by
 /// [`redelivery_digest`]), applies `ews` to the EWS watermark chains (and records losses
-/// reported by Exchange), and stamps Graph subscriptions' last notification time at most every
-/// few seconds (each stamp locks the row until commit).
+/// reported by Exchange), and stamps the Graph subscriptions of `graph_touched` with their last
+/// notification time (each stamp locks the row until commit; a row stamped within the last 5 s
+/// is left alone, and ingest names only those it has not stamped itself within that time, see
+/// `ingest::stamps`).
 /// Returns how many events of each `(backend, kind)` were actually inserted.
 ///
 /// The watermark chain of a subscription only moves forward. A batch moves it only if it
@@ -108,7 +110,103 @@ pub async fn insert_batch<'c>(
     ews: &[EwsUpdate],
     graph_touched: &[i64],
 ) -> Result<Vec<(Backend, String, i64)>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(insert_statement(!ews.is_empty(), !graph_touched.is_empty()))
+        .bind(
+            events
+                .iter()
+                .map(|e| e.backend.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.remote_subscription_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.subscription_id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.mailbox_id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.item_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.status.as_str()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.reject_reason.map(RejectReason::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.dedupe_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.payload.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(ews.iter().map(|u| u.subscription_id).collect::<Vec<_>>())
+        .bind(
+            ews.iter()
+                .map(|u| u.first_previous.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ews.iter()
+                .map(|u| u.last_watermark.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(ews.iter().map(|u| u.inner_gap).collect::<Vec<_>>())
+        .bind(
+            ews.iter()
+                .map(|u| u.lost_reason.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(graph_touched)
+        .bind(i32::try_from(RECENT_WATERMARKS).unwrap_or(i32::MAX))
+        .bind(
+            ews.iter()
+                .map(|u| {
+                    u.previous_keys.as_ref().map(|k| {
+                        redelivery_digest(Backend::Ews, Some(&k.remote_subscription_id), &k.event)
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ews.iter()
+                .map(|u| {
+                    u.previous_keys.as_ref().map(|k| {
+                        redelivery_digest(Backend::Ews, Some(&k.remote_subscription_id), &k.status)
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| {
+                    redelivery_digest(
+                        e.backend,
+                        e.remote_subscription_id.as_deref(),
+                        &e.dedupe_key,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(executor)
+        .await
+}
+
+/// The parts of [`insert_batch`]'s statement, put together by [`insert_statement`].
+macro_rules! inserted_cte {
+    () => {
         "with inserted as (
              insert into notification_events
                  (backend, remote_subscription_id, subscription_id, mailbox_id, kind, item_id,
@@ -122,7 +220,12 @@ pub async fn insert_batch<'c>(
                        item_id, status, reject_reason, dedupe_key, payload, redelivery_digest)
              on conflict (redelivery_digest) do nothing
              returning backend, kind, subscription_id
-         ),
+         )"
+    };
+}
+macro_rules! ews_cte {
+    () => {
+        ",
          ews as (
              -- The chain is judged inside the row update, on the row as it is when this
              -- statement gets its lock (a concurrent batch may just have moved it). A batch
@@ -187,107 +290,44 @@ pub async fn insert_batch<'c>(
              -- instead of scanning the whole table (the join alone offers only a hash join).
              where s.id = u.id and s.id = any($11) and s.backend = 'ews'
              returning s.id
-         ),
+         )"
+    };
+}
+macro_rules! graph_cte {
+    () => {
+        ",
          graph as (
              update subscriptions set last_notification_at = now()
              where id = any($16) and backend = 'graph'
                and (last_notification_at is null
                     or last_notification_at < now() - interval '5 seconds')
              returning id
-         )
-         select backend, kind, count(*) from inserted group by backend, kind",
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.backend.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.remote_subscription_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.subscription_id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.mailbox_id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.item_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.status.as_str()).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.reject_reason.map(RejectReason::as_str))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.dedupe_key.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.payload.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(ews.iter().map(|u| u.subscription_id).collect::<Vec<_>>())
-    .bind(
-        ews.iter()
-            .map(|u| u.first_previous.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        ews.iter()
-            .map(|u| u.last_watermark.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(ews.iter().map(|u| u.inner_gap).collect::<Vec<_>>())
-    .bind(
-        ews.iter()
-            .map(|u| u.lost_reason.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(graph_touched)
-    .bind(i32::try_from(RECENT_WATERMARKS).unwrap_or(i32::MAX))
-    .bind(
-        ews.iter()
-            .map(|u| {
-                u.previous_keys.as_ref().map(|k| {
-                    redelivery_digest(Backend::Ews, Some(&k.remote_subscription_id), &k.event)
-                })
-            })
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        ews.iter()
-            .map(|u| {
-                u.previous_keys.as_ref().map(|k| {
-                    redelivery_digest(Backend::Ews, Some(&k.remote_subscription_id), &k.status)
-                })
-            })
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| {
-                redelivery_digest(
-                    e.backend,
-                    e.remote_subscription_id.as_deref(),
-                    &e.dedupe_key,
-                )
-            })
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(executor)
-    .await
+         )"
+    };
+}
+macro_rules! inserted_counts {
+    () => {
+        "
+         select backend, kind, count(*) from inserted group by backend, kind"
+    };
+}
+
+/// The statement for a batch, with only the parts it has work for: most batches continue
+/// chains this process already judged and stamp no Graph subscription (see `ingest::chains`
+/// and `ingest::stamps`), and Postgres sets up every part of a statement on each run, empty
+/// or not. Four statements, each prepared once per connection; all take the same parameters.
+const fn insert_statement(chains: bool, stamps: bool) -> &'static str {
+    match (chains, stamps) {
+        (false, false) => concat!(inserted_cte!(), inserted_counts!()),
+        (true, false) => concat!(inserted_cte!(), ews_cte!(), inserted_counts!()),
+        (false, true) => concat!(inserted_cte!(), graph_cte!(), inserted_counts!()),
+        (true, true) => concat!(
+            inserted_cte!(),
+            ews_cte!(),
+            graph_cte!(),
+            inserted_counts!()
+        ),
+    }
 }
 
 /// Takes out of the redelivery index (appending its id to its key) every stored event that

@@ -18,6 +18,7 @@ mod cache;
 mod chains;
 mod checkout;
 mod decide;
+mod stamps;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use chains::ChainMemory;
 pub use checkout::Connect;
 use checkout::{Checkout, StoreError};
 pub use decide::{Ack, Delivery};
+use stamps::StampMemory;
 
 use crate::db;
 use crate::metrics::{DeadlineLabels, EventLabels, Metrics};
@@ -271,6 +273,7 @@ impl Ingestor {
         let receiver = Arc::new(Mutex::new(receiver));
         let cache = Arc::new(SubscriptionCache::default());
         let chains = Arc::new(ChainMemory::default());
+        let stamps = Arc::new(StampMemory::default());
         let abort = CancellationToken::new();
         #[cfg(test)]
         let panics = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -279,6 +282,7 @@ impl Ingestor {
                 connect: connect.clone(),
                 cache: Arc::clone(&cache),
                 chains: Arc::clone(&chains),
+                stamps: Arc::clone(&stamps),
                 options,
                 metrics: Arc::clone(&metrics),
                 wake_worker: Arc::clone(&wake_worker),
@@ -440,6 +444,7 @@ struct Flusher {
     connect: Connect,
     cache: Arc<SubscriptionCache>,
     chains: Arc<ChainMemory>,
+    stamps: Arc<StampMemory>,
     options: IngestOptions,
     metrics: Arc<Metrics>,
     wake_worker: Arc<Notify>,
@@ -600,6 +605,7 @@ impl Flusher {
         let plan = decide::plan(deliveries, &lookup);
         let now = Instant::now();
         let ews = self.chains.to_send(&plan.ews_updates, now);
+        let stamps = self.stamps.due(&plan.graph_touched, now);
         let outcome = tokio::time::timeout(
             limit,
             db::events::retire_lapsed_keys(conn.begin()?, &plan.events),
@@ -608,12 +614,13 @@ impl Flusher {
         conn.end(outcome, limit)?;
         let outcome = tokio::time::timeout(
             limit,
-            db::events::insert_batch(conn.begin()?, &plan.events, &ews, &plan.graph_touched),
+            db::events::insert_batch(conn.begin()?, &plan.events, &ews, &stamps),
         )
         .await;
         let stored = conn.end(outcome, limit)?;
         drop(conn);
         self.chains.committed(&plan.ews_updates, &ews, now);
+        self.stamps.committed(&stamps, now);
         self.metrics
             .ingest_commit_duration
             .observe(started.elapsed().as_secs_f64());

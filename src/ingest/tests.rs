@@ -195,3 +195,64 @@ fn event_kinds_from_input_never_become_metric_labels() {
         assert_eq!(kind_label(invented), "other");
     }
 }
+
+#[sqlx::test]
+async fn a_graph_subscription_is_stamped_once_and_not_again_by_every_batch_after(pool: PgPool) {
+    use crate::db::subscriptions::NewSubscription;
+    use crate::domain::{Backend, SubscriptionState};
+
+    let mailbox = db::mailboxes::upsert(&pool, "room-b@example.com", Backend::Graph)
+        .await
+        .unwrap();
+    let sub = db::subscriptions::insert(
+        &pool,
+        &NewSubscription {
+            mailbox_id: mailbox,
+            backend: Backend::Graph,
+            remote_id: Some("0d8f2b6a-7c31-4e59-9a42-3f1b6c8d9e01"),
+            status: SubscriptionState::Active,
+            client_state: Some("aurora-cs-4f7Qm2xLr9"),
+            callback_url: "https://h.example/api/webhooks/exchange",
+            expires_at: None,
+            last_watermark: None,
+            resource: None,
+            status_frequency_minutes: None,
+        },
+    )
+    .await
+    .unwrap();
+    let stamp = async || -> Option<chrono::DateTime<chrono::Utc>> {
+        sqlx::query_scalar("select last_notification_at from subscriptions where id = $1")
+            .bind(sub)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let running = start(&pool, IngestLimits::default());
+    running.submit("first").await.unwrap();
+    assert!(
+        stamp().await.is_some(),
+        "the first batch stamps the subscription"
+    );
+    // Cleared behind the process's back: only a stamp sent by the next batch would set it.
+    sqlx::query("update subscriptions set last_notification_at = null where id = $1")
+        .bind(sub)
+        .execute(&pool)
+        .await
+        .unwrap();
+    running.submit("second").await.unwrap();
+    assert_eq!(
+        stamp().await,
+        None,
+        "a batch within the stamp interval leaves the row alone"
+    );
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from notification_events where subscription_id = $1 and status = 'pending'",
+    )
+    .bind(sub)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 2);
+    running.stop().await;
+}

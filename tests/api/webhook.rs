@@ -1481,3 +1481,82 @@ async fn a_batch_that_waited_for_a_newer_one_judges_the_chain_as_that_one_left_i
         "its events are stored all the same"
     );
 }
+
+#[sqlx::test]
+async fn every_shape_of_the_batch_statement_stores_the_events_and_does_only_the_work_it_is_given(
+    pool: PgPool,
+) {
+    use rooms_sync::db::events::{NewEvent, store_batch};
+    use rooms_sync::db::subscriptions::EwsUpdate;
+    use rooms_sync::domain::Backend;
+
+    let ews = seed_ews(&pool, "active", Some("W0")).await;
+    let graph = seed_graph(&pool, GRAPH_STATE).await;
+    let stamped = async |pool: &PgPool| -> bool {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "select last_notification_at from subscriptions where id = $1",
+        )
+        .bind(graph)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .is_some()
+    };
+    let mut watermark = 0;
+    for (chains, stamps) in [(false, false), (true, false), (false, true), (true, true)] {
+        sqlx::query("update subscriptions set last_notification_at = null where id = $1")
+            .bind(graph)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let before = chain(&pool, ews).await;
+        let key = format!("{chains}-{stamps}");
+        let events = [
+            NewEvent {
+                subscription_id: Some(ews),
+                ..pending_event(Backend::Ews, Some(EWS_SUB), &key)
+            },
+            NewEvent {
+                subscription_id: Some(graph),
+                kind: "updated".to_owned(),
+                ..pending_event(Backend::Graph, Some(GRAPH_SUB), &key)
+            },
+        ];
+        let update = chains.then(|| {
+            watermark += 1;
+            EwsUpdate {
+                first_previous: Some(format!("W{}", watermark - 1)),
+                last_watermark: Some(format!("W{watermark}")),
+                ..EwsUpdate::new(ews)
+            }
+        });
+        let stamp: &[i64] = if stamps { &[graph] } else { &[] };
+        let mut inserted = store_batch(&pool, &events, update.as_slice(), stamp)
+            .await
+            .unwrap();
+        inserted.sort();
+        assert_eq!(
+            inserted,
+            [
+                (Backend::Ews, "created".to_owned(), 1),
+                (Backend::Graph, "updated".to_owned(), 1)
+            ],
+            "chains {chains}, stamps {stamps}"
+        );
+        let after = chain(&pool, ews).await;
+        if chains {
+            assert_eq!(after, (Some(format!("W{watermark}")), false));
+        } else {
+            assert_eq!(after, before, "no chain update, no change to the chain");
+        }
+        assert_eq!(
+            stamped(&pool).await,
+            stamps,
+            "chains {chains}, stamps {stamps}"
+        );
+        // The same events again are redeliveries, whatever the shape.
+        let again = store_batch(&pool, &events, &[], stamp).await.unwrap();
+        assert!(again.is_empty(), "redelivered: {again:?}");
+    }
+    assert_eq!(event_count(&pool).await, 8);
+}
