@@ -9,7 +9,9 @@
 //! which keeps several replicas from each rewriting the row.
 //!
 //! Like the chain memory, this is only a hint: an entry that is missing or evicted sends the
-//! stamp to the database, which decides.
+//! stamp to the database, which decides. With several replicas, one whose stamp the database
+//! left alone (another replica's was recent) still waits its own interval, so a stamp can lag
+//! by up to twice [`STAMP_EVERY`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
