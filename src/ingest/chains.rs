@@ -42,7 +42,7 @@ struct Chain {
 impl ChainMemory {
     /// The updates of `updates` the database has work for, as of `now`.
     pub(super) fn to_send(&self, updates: &[EwsUpdate], now: Instant) -> Vec<EwsUpdate> {
-        let chains = self.lock();
+        let chains = super::lock_hints(&self.chains);
         updates
             .iter()
             .filter(|u| {
@@ -65,7 +65,7 @@ impl ChainMemory {
     /// Records a committed batch: `updates` as planned, `sent` those of them the statement
     /// applied (its rows were written at `now`).
     pub(super) fn committed(&self, updates: &[EwsUpdate], sent: &[EwsUpdate], now: Instant) {
-        let mut chains = self.lock();
+        let mut chains = super::lock_hints(&self.chains);
         if chains.len() >= MAX_ENTRIES {
             chains.clear();
         }
@@ -98,13 +98,6 @@ impl ChainMemory {
                 _ => {}
             }
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Chain>> {
-        // The map holds hints only: one left half-written by a panic is still safe to read.
-        self.chains
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -136,6 +136,15 @@ pub struct Reservation {
     permit: OwnedSemaphorePermit,
 }
 
+/// Locks one of the flushers' memories of what they committed (`chains`, `stamps`). They hold
+/// hints only, each deciding no more than whether the database is asked, so one left
+/// half-written by a panic is still safe to read.
+fn lock_hints<T>(hints: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    hints
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The SQLSTATE of an error the server raised.
 fn sqlstate(error: &sqlx::Error) -> Option<String> {
     match error {

@@ -30,7 +30,7 @@ pub(super) struct StampMemory {
 impl StampMemory {
     /// The subscriptions of `touched` whose stamp is due as of `now`.
     pub(super) fn due(&self, touched: &[i64], now: Instant) -> Vec<i64> {
-        let stamped = self.lock();
+        let stamped = super::lock_hints(&self.stamped_at);
         touched
             .iter()
             .copied()
@@ -47,20 +47,13 @@ impl StampMemory {
         if sent.is_empty() {
             return;
         }
-        let mut stamped = self.lock();
+        let mut stamped = super::lock_hints(&self.stamped_at);
         if stamped.len() >= MAX_ENTRIES {
             stamped.clear();
         }
         for id in sent {
             stamped.insert(*id, now);
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
-        // The map holds hints only: one left half-written by a panic is still safe to read.
-        self.stamped_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
