@@ -23,12 +23,13 @@ use super::{Ns, Open, SoapError, Tok, XmlIn, is_xml_whitespace, quote, unexpecte
 /// id is [`SoapError::Invalid`], so whatever parses can be stored.
 pub const MAX_ID_BYTES: usize = 1024;
 
-/// Refuses an id longer than [`MAX_ID_BYTES`]; `what` names it in the error.
-fn bounded_id(id: String, what: &str) -> Result<String, SoapError> {
+/// Refuses an id longer than [`MAX_ID_BYTES`]; `what` names it in the error (formatted only
+/// then: this runs for every id of every notification).
+fn bounded_id(id: String, what: std::fmt::Arguments<'_>) -> Result<String, SoapError> {
     if id.len() > MAX_ID_BYTES {
         return Err(SoapError::Invalid(format!(
             "{} is longer than {MAX_ID_BYTES} bytes",
-            quote(what)
+            quote(&what.to_string())
         )));
     }
     Ok(id)
@@ -459,7 +460,7 @@ fn message_xml_subscription_id(x: &mut XmlIn<'_>) -> Result<Option<String>, Soap
                 let [name] = open.attrs(["Name"])?;
                 if found.is_none() && name.as_deref() == Some("SubscriptionId") {
                     found = non_empty(x.text("Value")?)
-                        .map(|id| bounded_id(id, "SubscriptionId"))
+                        .map(|id| bounded_id(id, format_args!("SubscriptionId")))
                         .transpose()?;
                 } else {
                     x.skip()?;
@@ -478,7 +479,7 @@ fn raw_notification(x: &mut XmlIn<'_>) -> Result<RawNotification, SoapError> {
         "SubscriptionId" => {
             let id = non_empty(x.text("SubscriptionId")?)
                 .ok_or_else(|| invalid("SubscriptionId is empty"))?;
-            let id = bounded_id(id, "SubscriptionId")?;
+            let id = bounded_id(id, format_args!("SubscriptionId"))?;
             set_once(&mut n.subscription_id, id, "SubscriptionId")
         }
         "PreviousWatermark" => {
@@ -572,7 +573,7 @@ fn item_ref(x: &mut XmlIn<'_>, open: &Open<'_>) -> Result<ItemRef, SoapError> {
     let id = id
         .filter(|id| !id.is_empty())
         .ok_or_else(|| SoapError::Invalid(format!("{} has no Id", quote(open.local()))))?;
-    let id = bounded_id(id, &format!("{} Id", open.local()))?;
+    let id = bounded_id(id, format_args!("{} Id", open.local()))?;
     Ok(ItemRef {
         id,
         change_key: change_key.filter(|k| !k.is_empty()),
