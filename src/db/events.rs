@@ -39,7 +39,21 @@ pub fn redelivery_digest(
     remote_subscription_id: Option<&str>,
     dedupe_key: &str,
 ) -> [u8; 32] {
-    fn part(hasher: &mut Sha256, part: Option<&str>) {
+    digest_parts([
+        Some(backend.as_str()),
+        remote_subscription_id,
+        Some(dedupe_key),
+    ])
+}
+
+/// SHA-256 over `parts`, each after its length in bytes as a big-endian `u64` (a missing part
+/// is the length `u64::MAX` with no bytes), so that no two lists of parts share their bytes.
+/// The scheme of the redelivery digest and of ingest's dedupe keys: both are stored, so its
+/// output must never change.
+#[must_use]
+pub fn digest_parts<'a>(parts: impl IntoIterator<Item = Option<&'a str>>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
         match part {
             Some(text) => {
                 hasher.update((text.len() as u64).to_be_bytes());
@@ -48,10 +62,6 @@ pub fn redelivery_digest(
             None => hasher.update(u64::MAX.to_be_bytes()),
         }
     }
-    let mut hasher = Sha256::new();
-    part(&mut hasher, Some(backend.as_str()));
-    part(&mut hasher, remote_subscription_id);
-    part(&mut hasher, Some(dedupe_key));
     hasher.finalize().into()
 }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::IngestOptions;
 use super::cache::SubscriptionCache;
@@ -421,14 +420,10 @@ fn dedupe_key(reject: Option<RejectReason>, key: &str) -> String {
 /// index refuses keys over ~2.7 kB), and no ambiguity between parts.
 fn digest_hex(parts: &[&str]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
+    let digest = crate::db::events::digest_parts(parts.iter().copied().map(Some));
     // By hand rather than through `format!`, which costs more than the hash on this hot path.
     let mut hex = String::with_capacity(64);
-    for byte in hasher.finalize() {
+    for byte in digest {
         hex.push(char::from(HEX[usize::from(byte >> 4)]));
         hex.push(char::from(HEX[usize::from(byte & 0xf)]));
     }

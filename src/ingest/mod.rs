@@ -330,8 +330,7 @@ impl Ingestor {
     /// # Errors
     /// [`IngestError::Overloaded`] when the queue's bytes are taken: the caller answers 503.
     pub fn reserve(&self, body_bytes: usize) -> Result<Reservation, IngestError> {
-        let bytes = body_bytes.clamp(1, self.limits.queue_bytes);
-        let permits = u32::try_from(bytes).map_err(|_| IngestError::Overloaded)?;
+        let permits = self.permits_for(body_bytes)?;
         Arc::clone(&self.bytes)
             .try_acquire_many_owned(permits)
             .map(|permit| Reservation { permit })
@@ -349,8 +348,7 @@ impl Ingestor {
         reservation: &mut Reservation,
         body_bytes: usize,
     ) -> Result<(), IngestError> {
-        let wanted = u32::try_from(body_bytes.clamp(1, self.limits.queue_bytes))
-            .map_err(|_| IngestError::Overloaded)?;
+        let wanted = self.permits_for(body_bytes)?;
         let held = u32::try_from(reservation.permit.num_permits()).unwrap_or(u32::MAX);
         let more = wanted.saturating_sub(held);
         if more == 0 {
@@ -361,6 +359,12 @@ impl Ingestor {
             .map_err(|_| IngestError::Overloaded)?;
         reservation.permit.merge(permit);
         Ok(())
+    }
+
+    /// The permits standing for a body of `body_bytes`: at least one, at most the whole budget.
+    fn permits_for(&self, body_bytes: usize) -> Result<u32, IngestError> {
+        u32::try_from(body_bytes.clamp(1, self.limits.queue_bytes))
+            .map_err(|_| IngestError::Overloaded)
     }
 
     /// Stores `delivery` and returns the acknowledgement to send, only after the commit.

@@ -262,6 +262,20 @@ fn dedupe_keys_are_fixed_size_and_separate_their_parts() {
 }
 
 #[test]
+fn dedupe_keys_stay_what_earlier_versions_stored() {
+    // Stored keys keep their redeliveries out only while the same parts give the same key.
+    // Computed outside this code: SHA-256 over each part after its length as a big-endian u64.
+    assert_eq!(
+        digest_hex(&["ews-watermark", "AQAAAHJvb20tYS13bS0wMDAz"]),
+        "173e9c09ac772cb271616ecebd3ddae578e50230ef1b43270c4286842df00d4c"
+    );
+    assert_eq!(
+        digest_hex(&["rejected", "keep_alive", "x"]),
+        "c44c7b6d1d501c9768f88dd92615e5890b99e0a2dc54ce1b731097eabbaa1f96"
+    );
+}
+
+#[test]
 fn a_rejected_event_never_shares_the_key_of_the_genuine_one() {
     let genuine = plan(
         &[&graph()],
