@@ -17,7 +17,7 @@
 //! short and echoes no input (fit for a `400` body).
 
 use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::Deserialize;
@@ -368,30 +368,39 @@ impl GraphNotification {
             .or(self.id.as_deref())
             .unwrap_or("");
         let etag = self.etag.as_deref().unwrap_or("");
-        let expiration = self
-            .subscription_expiration
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
-            .unwrap_or_default();
+        // Formatted only for the kinds whose key holds it: a change, nearly every item, does not.
+        let expiration = || {
+            self.subscription_expiration
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+                .unwrap_or_default()
+        };
         let id = self.id.as_deref().unwrap_or("");
         let kind = self.kind.as_str();
         let sub = self.subscription_id.as_str();
 
-        let parts: &[&str] = if self.kind.is_change() {
-            &["c", sub, kind, object, etag]
+        if self.kind.is_change() {
+            length_prefixed(&["c", sub, kind, object, etag])
         } else if self.kind.is_lifecycle() {
-            &["l", sub, kind, &expiration, id]
+            length_prefixed(&["l", sub, kind, &expiration(), id])
         } else {
-            &["u", sub, kind, object, etag, &expiration, id]
-        };
-        let capacity = 8 + parts.iter().map(|p| p.len() + 8).sum::<usize>();
-        let mut key = String::with_capacity(capacity);
-        key.push_str("graph1");
-        for part in parts {
-            // Writing to a String cannot fail.
-            let _ = write!(key, "|{}:{part}", part.len());
+            length_prefixed(&["u", sub, kind, object, etag, &expiration(), id])
         }
-        key
     }
+}
+
+/// `graph1` followed by `|<byte length>:<part>` for each part: no part can run into the next.
+fn length_prefixed(parts: &[&str]) -> String {
+    let capacity = 8 + parts.iter().map(|p| p.len() + 8).sum::<usize>();
+    let mut key = String::with_capacity(capacity);
+    key.push_str("graph1");
+    let mut digits = itoa::Buffer::new();
+    for part in parts {
+        key.push('|');
+        key.push_str(digits.format(part.len()));
+        key.push(':');
+        key.push_str(part);
+    }
+    key
 }
 
 /// Parses a POST body of Graph change and/or lifecycle notifications (a
