@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 /// mimalloc rather than glibc's malloc: every request allocates and frees a few short-lived
 /// buffers (hyper's 8 KiB read buffer among them), and glibc's malloc, free and consolidation
-/// were 8% of the service's CPU samples while it answered webhooks (docs/benchmarks.md).
+/// were 8% of the service's CPU samples while it answered Graph's validation echo
+/// (docs/benchmarks.md, fifth round).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
