@@ -588,18 +588,24 @@ async fn read_events_failed_resubscribes_with_the_watermark_and_an_invalid_one_r
     stop.cancel();
 }
 
-/// Seconds between the throttled answer and the retry of the same request (same method and
-/// path).
+/// Seconds between the throttled request and the retry of the same request (same method, path
+/// and, for EWS, SOAP operation), both timed at their arrival.
 /// `None` until both have happened.
+///
+/// The operation matters: every EWS call posts to the same path, and the log is in order of
+/// completion, so another call for the mailbox sent before the throttled answer came back (the
+/// sync beside the upkeep) would otherwise pass for an early retry.
 fn wait_after_throttle(control: &Control, path_part: &str, throttled_status: u16) -> Option<f64> {
     let requests = control.requests();
     let i = requests
         .iter()
         .position(|r| r.path.contains(path_part) && r.status == throttled_status)?;
     let throttled = &requests[i];
-    let retry = requests[i + 1..]
-        .iter()
-        .find(|r| r.method == throttled.method && r.path == throttled.path)?;
+    let retry = requests[i + 1..].iter().find(|r| {
+        r.method == throttled.method
+            && r.path == throttled.path
+            && r.operation == throttled.operation
+    })?;
     Some((retry.at - throttled.at).num_milliseconds() as f64 / 1000.0)
 }
 
