@@ -594,7 +594,7 @@ async fn read_events_failed_resubscribes_with_the_watermark_and_an_invalid_one_r
 ///
 /// The operation matters: every EWS call posts to the same path, and the log is in order of
 /// completion, so another call for the mailbox sent before the throttled answer came back (the
-/// sync beside the upkeep) would otherwise pass for an early retry.
+/// sync worker's beside the upkeep's, say) would otherwise pass for an early retry.
 fn wait_after_throttle(control: &Control, path_part: &str, throttled_status: u16) -> Option<f64> {
     let requests = control.requests();
     let i = requests
