@@ -19,7 +19,7 @@
 //! `BENCH_SECONDS` sets each phase's length (default 10). `BENCH_SERVICE_BIN` runs another
 //! build of the service under this harness (an earlier commit's, for before/after figures).
 //! `BENCH_ONLY=graph|ews|validation` runs one phase against a service whose pid is printed, for
-//! a profiler (`perf record -p PID`).
+//! a profiler (`perf record -p PID`); with `BENCH_RATE=N`, open model at N requests/s.
 
 #![expect(
     clippy::unwrap_used,
@@ -281,7 +281,9 @@ async fn run() {
 
 /// `BENCH_ONLY=graph|ews|validation`: one phase of that load against a service whose pid is
 /// printed first, for attaching a profiler (`perf record -p PID`); the load starts 3 s later.
-/// Graph and EWS run closed loop (max rate), validation at 2000/s as in the full run.
+/// Graph and EWS run closed loop (max rate), validation at 2000/s as in the full run;
+/// `BENCH_RATE=N` runs any of them open model at N requests/s instead (to set a build beside
+/// the bare responder of `benches/floor` at the same rate).
 async fn profile_one(db_url: &str, only: &str, seconds: u64) {
     migrate(db_url);
     let pool = PgPool::connect(db_url).await.unwrap();
@@ -290,6 +292,12 @@ async fn profile_one(db_url: &str, only: &str, seconds: u64) {
         "ews" => (Load::Ews(seed_ews(&pool).await), Mode::Closed),
         "validation" => (Load::Validation, Mode::Open { rate: 2000.0 }),
         other => panic!("BENCH_ONLY={other}: expected graph, ews or validation"),
+    };
+    let mode = match std::env::var("BENCH_RATE") {
+        Ok(rate) => Mode::Open {
+            rate: rate.parse().expect("BENCH_RATE is requests per second"),
+        },
+        Err(_) => mode,
     };
     let format = std::env::var("BENCH_LOG_FORMAT").unwrap_or_else(|_| "text".to_owned());
     let log_file =
