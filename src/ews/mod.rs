@@ -16,8 +16,8 @@
 use std::borrow::Cow;
 
 use quick_xml::events::{BytesStart, Event as XmlEvent};
-use quick_xml::name::ResolveResult;
-use quick_xml::{NsReader, XmlVersion};
+use quick_xml::name::{NamespaceResolver, ResolveResult};
+use quick_xml::{Reader, XmlVersion};
 
 pub mod notification;
 mod outcome;
@@ -181,15 +181,28 @@ pub(crate) enum Tok<'i> {
     Eof,
 }
 
-/// The safe XML reader: a streaming [`NsReader`] over a UTF-8 slice with the
+/// The safe XML reader: a streaming quick-xml [`Reader`] over a UTF-8 slice with the
 /// module's policy applied (no DTD, no custom entities, bounded depth, UTF-8 only,
-/// no NUL, end tag names checked).
+/// no NUL, end tag names checked), resolving element namespaces itself.
+///
+/// It keeps its own [`NamespaceResolver`] rather than using quick-xml's `NsReader`, which
+/// scans the attributes of every start tag for declarations: an EWS notification declares its
+/// namespaces on two or three of its dozens of elements, and that scan was a tenth of the
+/// parse. Here a tag opens a scope in the resolver only when its attributes contain the bytes
+/// `xmlns` at all (a value that happens to contain them costs a needless scan, nothing more),
+/// and `scoped` remembers which depths did, so each scope is closed by its own end tag.
 #[derive(Debug)]
 pub(crate) struct XmlIn<'i> {
-    reader: NsReader<&'i [u8]>,
+    reader: Reader<&'i [u8]>,
+    namespaces: NamespaceResolver,
+    /// Bit `d` set: the element open at depth `d` opened a scope in `namespaces`.
+    scoped: u64,
     depth: usize,
     pending_close: bool,
 }
+
+// Every depth the reader accepts has its bit in `XmlIn::scoped`.
+const _: () = assert!(MAX_DEPTH < u64::BITS as usize);
 
 impl<'i> XmlIn<'i> {
     /// Checks the encoding and the prolog of `body` and sets up the reader.
@@ -210,7 +223,7 @@ impl<'i> XmlIn<'i> {
         }
         let text = std::str::from_utf8(body)
             .map_err(|e| SoapError::Malformed(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
-        let mut reader = NsReader::from_str(text);
+        let mut reader = Reader::from_str(text);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.check_comments = true;
@@ -222,6 +235,8 @@ impl<'i> XmlIn<'i> {
         config.trim_text(false);
         Ok(Self {
             reader,
+            namespaces: NamespaceResolver::default(),
+            scoped: 0,
             depth: 0,
             pending_close: false,
         })
@@ -249,6 +264,11 @@ impl<'i> XmlIn<'i> {
     }
 
     fn leave(&mut self) -> Result<(), SoapError> {
+        let bit = 1_u64 << self.depth;
+        if self.scoped & bit != 0 {
+            self.scoped &= !bit;
+            self.namespaces.pop();
+        }
         self.depth = self
             .depth
             .checked_sub(1)
@@ -256,8 +276,20 @@ impl<'i> XmlIn<'i> {
         Ok(())
     }
 
-    fn open(&self, start: BytesStart<'i>) -> Result<Open<'i>, SoapError> {
-        let (ns, _) = self.reader.resolver().resolve_element(start.name());
+    /// Opens the namespace scope of `start` (just entered) if it declares any, and resolves
+    /// its name.
+    fn open(&mut self, start: BytesStart<'i>) -> Result<Open<'i>, SoapError> {
+        if memchr::memmem::find(start.attributes_raw().as_bytes(), b"xmlns").is_some() {
+            self.namespaces.push(&start).map_err(|e| {
+                SoapError::Malformed(format!(
+                    "{} (at byte {})",
+                    quote(&e.to_string()),
+                    self.reader.buffer_position()
+                ))
+            })?;
+            self.scoped |= 1_u64 << self.depth;
+        }
+        let (ns, _) = self.namespaces.resolve_element(start.name());
         let ns = match ns {
             ResolveResult::Bound(uri) => Ns::of(uri.into_inner()),
             ResolveResult::Unbound => Ns::Other,
@@ -537,6 +569,51 @@ mod tests {
     fn empty_elements_become_an_open_and_a_close_and_prefixes_resolve_to_namespaces() {
         let xml = format!(r#"<s:E xmlns:s="{NS_SOAP11}"><b xmlns="{NS_TYPES}"/></s:E>"#);
         assert_eq!(tokens(&xml).unwrap(), ["<Soap:E", "<Types:b", ">", ">"]);
+    }
+
+    #[test]
+    fn a_namespace_declaration_holds_for_its_element_and_descendants_only() {
+        // Redeclared inside, restored after the inner element ends (empty or not); a default
+        // namespace declared on an empty element does not reach its sibling.
+        let xml = format!(
+            r#"<m:a xmlns:m="{NS_MESSAGES}"><m:b xmlns:m="{NS_TYPES}"><m:c/></m:b><m:d/><m:e xmlns:m="{NS_SOAP11}"/><m:f/><g xmlns="{NS_TYPES}"/><h/></m:a>"#
+        );
+        assert_eq!(
+            tokens(&xml).unwrap(),
+            [
+                "<Messages:a",
+                "<Types:b",
+                "<Types:c",
+                ">",
+                ">",
+                "<Messages:d",
+                ">",
+                "<Soap:e",
+                ">",
+                "<Messages:f",
+                ">",
+                "<Types:g",
+                ">",
+                "<Other:h",
+                ">",
+                ">"
+            ]
+        );
+        // A prefix declared on a sibling is out of scope.
+        let leaked = format!(r#"<r><x:a xmlns:x="{NS_TYPES}"></x:a><x:b/></r>"#);
+        assert!(
+            matches!(tokens(&leaked), Err(SoapError::Malformed(m)) if m.contains("prefix")),
+            "{:?}",
+            tokens(&leaked)
+        );
+        // `xmlns` inside an attribute value declares nothing, deep or shallow.
+        let value = format!(
+            r#"<r xmlns:t="{NS_TYPES}"><t:a Id="xmlns:t=&quot;x&quot;"><t:b/></t:a><t:c/></r>"#
+        );
+        assert_eq!(
+            tokens(&value).unwrap(),
+            ["<Other:r", "<Types:a", "<Types:b", ">", ">", "<Types:c", ">", ">"]
+        );
     }
 
     #[test]
