@@ -187,8 +187,8 @@ pub(crate) enum Tok<'i> {
 ///
 /// It keeps its own [`NamespaceResolver`] rather than using quick-xml's `NsReader`, which
 /// scans the attributes of every start tag for declarations: an EWS notification declares its
-/// namespaces on two or three of its dozens of elements, and that scan was a tenth of the
-/// parse. Here a tag opens a scope in the resolver only when its attributes contain the bytes
+/// namespaces on two or three of its dozens of elements, and skipping the scan on the others
+/// saves about 1% of the instructions of handling a notification. Here a tag opens a scope in the resolver only when its attributes contain the bytes
 /// `xmlns` at all (a value that happens to contain them costs a needless scan, nothing more),
 /// and `scoped` remembers which depths did, so each scope is closed by its own end tag.
 #[derive(Debug)]
@@ -612,7 +612,9 @@ mod tests {
         );
         assert_eq!(
             tokens(&value).unwrap(),
-            ["<Other:r", "<Types:a", "<Types:b", ">", ">", "<Types:c", ">", ">"]
+            [
+                "<Other:r", "<Types:a", "<Types:b", ">", ">", "<Types:c", ">", ">"
+            ]
         );
     }
 
