@@ -247,12 +247,9 @@ impl<'i> XmlIn<'i> {
         self.depth
     }
 
-    fn malformed(&self, e: &quick_xml::Error) -> SoapError {
-        SoapError::Malformed(format!(
-            "{} (at byte {})",
-            quote(&e.to_string()),
-            self.reader.error_position()
-        ))
+    /// `error` (quoted short) and the byte offset it was found at.
+    fn malformed(error: &dyn std::fmt::Display, at: u64) -> SoapError {
+        SoapError::Malformed(format!("{} (at byte {at})", quote(&error.to_string())))
     }
 
     fn enter(&mut self) -> Result<(), SoapError> {
@@ -280,13 +277,11 @@ impl<'i> XmlIn<'i> {
     /// its name.
     fn open(&mut self, start: BytesStart<'i>) -> Result<Open<'i>, SoapError> {
         if memchr::memmem::find(start.attributes_raw().as_bytes(), b"xmlns").is_some() {
-            self.namespaces.push(&start).map_err(|e| {
-                SoapError::Malformed(format!(
-                    "{} (at byte {})",
-                    quote(&e.to_string()),
-                    self.reader.buffer_position()
-                ))
-            })?;
+            // A declaration the resolver refuses is found here, not by the reader, so the
+            // reader's error position is not this one's.
+            self.namespaces
+                .push(&start)
+                .map_err(|e| Self::malformed(&e, self.reader.buffer_position()))?;
             self.scoped |= 1_u64 << self.depth;
         }
         let (ns, _) = self.namespaces.resolve_element(start.name());
@@ -313,7 +308,7 @@ impl<'i> XmlIn<'i> {
         loop {
             let event = match self.reader.read_event() {
                 Ok(event) => event,
-                Err(e) => return Err(self.malformed(&e)),
+                Err(e) => return Err(Self::malformed(&e, self.reader.error_position())),
             };
             return match event {
                 XmlEvent::Start(start) => {
@@ -621,6 +616,15 @@ mod tests {
     #[test]
     fn an_unknown_prefix_is_malformed() {
         assert!(matches!(tokens("<q:a/>"), Err(SoapError::Malformed(m)) if m.contains("prefix")));
+        // A declaration the namespace rules forbid: refused with the offset of the end of its tag.
+        assert!(
+            matches!(
+                tokens(r#"<r><a xmlns:xml="urn:other"/></r>"#),
+                Err(SoapError::Malformed(m)) if m.ends_with("(at byte 29)")
+            ),
+            "{:?}",
+            tokens(r#"<r><a xmlns:xml="urn:other"/></r>"#)
+        );
     }
 
     #[test]
