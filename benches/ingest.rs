@@ -43,9 +43,9 @@ const CONNECTIONS: usize = 64;
 /// Slow clients held open during the slowloris phase.
 const SLOW_CONNECTIONS: usize = 300;
 /// Rounds of the slowloris comparison (each a phase without and a phase with the slow clients).
-/// Five, so that the medians stand up to two slow phases on either side: a storage stall (the
-/// kernel writing back, 30 s later, what the maximum-rate phase dirtied) lands in one phase at
-/// a fixed offset from the start, which is the same phase in every run.
+/// Five, so that the medians stand up to two slow phases on either side: storage stalls (the
+/// kernel writing back Postgres's dirty pages in a burst about every 30 s, counted from the
+/// busy maximum-rate phase) land on phases at fixed offsets, the same phases in every run.
 const SLOWLORIS_ROUNDS: u64 = 5;
 const GRAPH_SUBSCRIPTIONS: usize = 16;
 const WEBHOOK: &str = "/api/webhooks/exchange";
